@@ -1,0 +1,15 @@
+# The two commands of the README. Both do all the set-up they need (apt-get packages, ./.venv).
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@.venv/bin/python -m meshnet.demo
+
+test: setup
+	@.venv/bin/ruff check meshnet tests bench probes
+	@.venv/bin/python -m pytest -q tests
+
+bench: setup
+	@for b in bench/*.py; do .venv/bin/python $$b; done
