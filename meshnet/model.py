@@ -1,0 +1,196 @@
+"""The rule model: tables -> chains -> rules as typed data, for iptables (per family).
+
+Builders emit an ordered list of operations (append / insert at a position), exactly as Istio
+emits them; `RuleSet.from_ops` replays them into the kernel's resulting order. Parsers of live
+state (iptables-save) produce the same RuleSet type, so diff is a comparison of values and
+explain walks one value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal[4, 6]
+BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
+BUILTIN_TARGETS = frozenset({"ACCEPT", "RETURN", "DROP", "REJECT"}) | BUILTIN_CHAINS
+EXTENSION_TARGETS = frozenset(
+    {"REDIRECT", "TPROXY", "MARK", "CONNMARK", "CT", "DNAT", "SNAT", "MASQUERADE", "LOG", "NOTRACK"}
+)
+TABLE_ORDER = ("filter", "mangle", "nat", "raw")  # Istio emits restore tables sorted by name
+
+# Match kinds and how they are written in iptables-restore syntax (Istio's spelling).
+MATCH_KINDS = (
+    "proto", "src", "dst", "in", "out", "dport", "sport", "dports", "uid", "gid", "ctstate", "mark", "connmark",
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str
+    value: str
+    negated: bool = False
+
+    def tokens(self) -> list[str]:
+        neg = ["!"] if self.negated else []
+        simple = {"proto": "-p", "src": "-s", "dst": "-d", "in": "-i", "out": "-o",
+                  "dport": "--dport", "sport": "--sport"}
+        if self.kind in simple:
+            return [*neg, simple[self.kind], self.value]
+        if self.kind == "dports":
+            return ["-m", "multiport", *neg, "--dports", self.value]
+        if self.kind in ("uid", "gid"):
+            return ["-m", "owner", *neg, f"--{self.kind}-owner", self.value]
+        if self.kind == "ctstate":
+            return ["-m", "conntrack", *neg, "--ctstate", self.value]
+        if self.kind == "mark":
+            return ["-m", "mark", *neg, "--mark", self.value]
+        if self.kind == "connmark":
+            return ["-m", "connmark", *neg, "--mark", self.value]
+        raise ValueError(f"unknown match kind {self.kind!r}")
+
+    def __str__(self) -> str:
+        return " ".join(self.tokens())
+
+
+@dataclass(frozen=True)
+class Target:
+    """A jump (`name` is a chain or ACCEPT/RETURN/DROP, no args) or an extension target with args.
+
+    Args are kept in Istio's spelling (e.g. ('--to-ports', '15001')); parsers of iptables-save
+    output normalise the kernel's spelling back to this form.
+    """
+
+    name: str
+    args: tuple[str, ...] = ()
+
+    @property
+    def is_jump_to_chain(self) -> bool:
+        return not self.args and self.name not in BUILTIN_TARGETS and self.name not in EXTENSION_TARGETS
+
+    def tokens(self) -> list[str]:
+        return ["-j", self.name, *self.args]
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: str
+    chain: str
+    matches: tuple[Match, ...]
+    target: Target
+
+    def spec_tokens(self) -> list[str]:
+        out: list[str] = []
+        for m in self.matches:
+            out.extend(m.tokens())
+        return out + self.target.tokens()
+
+    def spec_text(self) -> str:
+        """The rule body, as Istio writes it after `-A CHAIN`."""
+        return " ".join(self.spec_tokens())
+
+    def key(self) -> tuple[str, str, frozenset[Match], Target]:
+        """Identity for comparison: match order inside one rule does not change its meaning."""
+        return (self.table, self.chain, frozenset(self.matches), self.target)
+
+    def __str__(self) -> str:
+        return f"-A {self.chain} {self.spec_text()}"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One emitted operation: append (position None) or insert at a 1-based position."""
+
+    rule: Rule
+    position: int | None = None
+
+    def restore_line(self) -> str:
+        if self.position is None:
+            return f"-A {self.rule.chain} {self.rule.spec_text()}"
+        return f"-I {self.rule.chain} {self.position} {self.rule.spec_text()}"
+
+
+@dataclass
+class Chain:
+    name: str
+    rules: list[Rule] = field(default_factory=list)
+    policy: str | None = None  # builtin chains only
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_CHAINS
+
+
+@dataclass
+class Table:
+    name: str
+    chains: dict[str, Chain] = field(default_factory=dict)
+
+    def chain(self, name: str) -> Chain:
+        if name not in self.chains:
+            self.chains[name] = Chain(name)
+        return self.chains[name]
+
+
+@dataclass
+class RuleSet:
+    """The state of one family's tables, in kernel order."""
+
+    family: Family
+    tables: dict[str, Table] = field(default_factory=dict)
+
+    def table(self, name: str) -> Table:
+        if name not in self.tables:
+            self.tables[name] = Table(name)
+        return self.tables[name]
+
+    def rules(self, table: str, chain: str) -> list[Rule]:
+        t = self.tables.get(table)
+        if t is None or chain not in t.chains:
+            return []
+        return t.chains[chain].rules
+
+    def chain_names(self, table: str) -> list[str]:
+        t = self.tables.get(table)
+        return list(t.chains) if t else []
+
+    def istio_chains(self) -> list[tuple[str, str]]:
+        return [(t.name, c) for t in self.tables.values() for c in t.chains if c.startswith("ISTIO_")]
+
+    def add(self, op: Op) -> None:
+        chain = self.table(op.rule.table).chain(op.rule.chain)
+        if op.position is None:
+            chain.rules.append(op.rule)
+        else:
+            chain.rules.insert(op.position - 1, op.rule)
+        if op.rule.target.is_jump_to_chain:
+            self.table(op.rule.table).chain(op.rule.target.name)
+
+    @classmethod
+    def from_ops(cls, family: Family, ops: Iterable[Op]) -> RuleSet:
+        rs = cls(family)
+        for op in ops:
+            rs.add(op)
+        return rs
+
+    def is_empty(self) -> bool:
+        return not any(c.rules or not c.builtin for t in self.tables.values() for c in t.chains.values())
+
+
+@dataclass(frozen=True)
+class IptablesPlan:
+    """What a builder emits: per-family operation lists, in emission order."""
+
+    v4: tuple[Op, ...]
+    v6: tuple[Op, ...]
+    ipv6: bool
+
+    def ops(self, family: Family) -> tuple[Op, ...]:
+        return self.v4 if family == 4 else self.v6
+
+    def ruleset(self, family: Family) -> RuleSet:
+        return RuleSet.from_ops(family, self.ops(family))
+
+    def families(self) -> tuple[Family, ...]:
+        return (4, 6) if self.ipv6 else (4,)

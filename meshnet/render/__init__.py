@@ -1,0 +1,1 @@
+"""Renderers: pure functions from a plan/model to text."""

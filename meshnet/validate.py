@@ -1,0 +1,137 @@
+"""Parsers for the values that flow into iptables-restore / nft text.
+
+Every value is checked against a strict grammar before it can reach a rule, so no flag, env
+variable, YAML field or pod annotation can inject text into a restore or nft transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from meshnet.errors import SpecError
+
+# Linux IFNAMSIZ is 16 including the NUL. iptables accepts a trailing '+' wildcard.
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\+?$")
+# Users and groups may be numeric ids or names (iptables' owner match resolves names).
+_OWNER_RE = re.compile(r"^(?:[0-9]{1,10}|[A-Za-z_][A-Za-z0-9_.-]{0,31})$")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f\"'`;#{}$\\]")
+MAX_OWNER_GROUPS_INCLUDE = 64
+
+
+def split_list(field: str, value: str) -> list[str]:
+    """Split a comma list; empty items are dropped (Istio tolerates trailing commas)."""
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise SpecError(field, value, "must be a single line")
+    items = []
+    for raw in value.split(","):
+        item = raw.strip(" \t")
+        if not item:
+            continue
+        if _FORBIDDEN.search(item):
+            raise SpecError(field, value, f"item {item!r} contains whitespace or a forbidden character")
+        items.append(item)
+    return items
+
+
+def parse_port(field: str, value: str | int) -> int:
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit():
+        raise SpecError(field, value, "a port must be a number between 1 and 65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise SpecError(field, value, "a port must be a number between 1 and 65535")
+    return port
+
+
+def parse_ports(field: str, value: str) -> tuple[int, ...]:
+    return tuple(parse_port(field, p) for p in split_list(field, value))
+
+
+def parse_ports_or_wildcard(field: str, value: str) -> tuple[bool, tuple[int, ...]]:
+    """'*' means every port; otherwise a port list. Returns (wildcard, ports)."""
+    items = split_list(field, value)
+    if "*" in items:
+        if len(items) != 1:
+            raise SpecError(field, value, "'*' cannot be combined with other ports")
+        return True, ()
+    return False, tuple(parse_port(field, p) for p in items)
+
+
+def format_cidr(field: str, text: str) -> str:
+    """Validate a CIDR and render it the way Go's netip.Prefix.String() does (address kept, not masked)."""
+    if "/" not in text:
+        raise SpecError(field, text, "expected a CIDR such as 10.0.0.0/8 (prefix length missing)")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError as exc:
+        raise SpecError(field, text, f"not a valid CIDR ({exc})") from None
+    if not text.split("/", 1)[1].isdigit():
+        raise SpecError(field, text, "prefix length must be a number")
+    return f"{iface.ip.compressed}/{iface.network.prefixlen}"
+
+
+def parse_cidrs(field: str, value: str, *, allow_wildcard: bool) -> tuple[bool, tuple[str, ...]]:
+    items = split_list(field, value)
+    if "*" in items:
+        if not allow_wildcard:
+            raise SpecError(field, value, "'*' is not allowed here (it would exclude every destination)")
+        if len(items) != 1:
+            raise SpecError(field, value, "'*' cannot be combined with CIDRs")
+        return True, ()
+    return False, tuple(format_cidr(field, c) for c in items)
+
+
+def parse_interfaces(field: str, value: str) -> tuple[str, ...]:
+    names = split_list(field, value)
+    for name in names:
+        if not _IFACE_RE.match(name) or name in (".", ".."):
+            raise SpecError(field, name, "not a valid interface name (1-15 of A-Z a-z 0-9 _ . @ : -)")
+    return tuple(names)
+
+
+def parse_owners(field: str, value: str) -> tuple[str, ...]:
+    owners = split_list(field, value)
+    for owner in owners:
+        if not _OWNER_RE.match(owner):
+            raise SpecError(field, owner, "expected a numeric id or a user/group name")
+    return tuple(owners)
+
+
+def parse_int(field: str, value: str | int, lo: int, hi: int) -> int:
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or not lo <= int(text) <= hi:
+        raise SpecError(field, value, f"expected a number between {lo} and {hi}")
+    return int(text)
+
+
+def parse_bool(field: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    # Go's strconv.ParseBool accepts these spellings.
+    if text in ("1", "t", "true", "y", "yes", "on"):
+        return True
+    if text in ("0", "f", "false", "n", "no", "off", ""):
+        return False
+    raise SpecError(field, value, "expected true or false")
+
+
+def parse_loopback_cidr(field: str, value: str) -> str:
+    text = format_cidr(field, value.strip())
+    net = ipaddress.ip_interface(text)
+    if net.version != 4 or not net.ip.is_loopback:
+        raise SpecError(field, value, "must be an IPv4 loopback CIDR inside 127.0.0.0/8")
+    if not 8 <= net.network.prefixlen <= 32:
+        raise SpecError(field, value, "prefix length must be between 8 and 32")
+    return text
+
+
+def parse_ip(field: str, value: str) -> str:
+    # Istio renders resolv.conf servers verbatim (e.g. "::127.0.0.53/128"), so keep the text.
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise SpecError(field, value, "not a valid IP address") from None
+    return text
