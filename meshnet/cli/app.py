@@ -1,0 +1,26 @@
+"""The `meshnet` click group. Subcommands live in their own modules and import heavy code lazily."""
+
+from __future__ import annotations
+
+import click
+
+from meshnet.cli.render_cmd import render_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meshnet")
+def cli() -> None:
+    """meshnet: Istio-compatible traffic interception for pods, and the tools to diagnose it."""
+
+
+@cli.command("istio-iptables", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                 "help_option_names": []}, add_help_option=False)
+@click.pass_context
+def istio_iptables_cmd(ctx: click.Context) -> None:
+    """Drop-in for Istio's istio-iptables (same flags and environment)."""
+    from meshnet.cli.istio_iptables import run
+
+    ctx.exit(run(list(ctx.args)))
+
+
+cli.add_command(render_cmd)

@@ -1,0 +1,60 @@
+"""`meshnet istio-iptables`: drop-in for Istio's istio-iptables (same flags, env, exit codes 0/1/126)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from meshnet.cli.errors import guarded
+
+RESOLV_CONF_ENV = "MESHNET_RESOLV_CONF"  # default /etc/resolv.conf, as Istio
+
+
+def run(argv: list[str]) -> int:
+    return guarded(lambda: _run(argv), prog="istio-iptables")
+
+
+def _run(argv: list[str]) -> int:
+    from meshnet import istio_flags
+    from meshnet.addresses import detect_ipv6, local_addresses
+    from meshnet.resolvconf import read_nameservers
+
+    env = os.environ
+    ns = istio_flags.make_parser("istio-iptables").parse_args(argv)
+    values = istio_flags.values_from(ns, env)
+    opts = istio_flags.run_options_from_values(values)
+    netns = None
+    if opts.network_namespace:
+        from meshnet.netns import Netns
+
+        netns = Netns.resolve(opts.network_namespace)
+    dual_stack = istio_flags.v.parse_bool("--dual-stack", values["dual-stack"])
+    servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    if istio_flags.needs_resolv_conf(values):
+        servers = read_nameservers(env.get(RESOLV_CONF_ENV, "/etc/resolv.conf"))
+    ipv6 = detect_ipv6(local_addresses(netns), dual_stack)
+    spec = istio_flags.spec_from_values(values, env, enable_ipv6=ipv6, dns_servers=servers)
+    if spec.redirect_dns and not spec.dns_effective:
+        sys.stderr.write("istio-iptables: warning: REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, "
+                         "and no DNS servers provided\n")
+    if opts.dry_run:
+        from meshnet.render.restore import render_transcript
+
+        if opts.native_nftables:
+            from meshnet.nft_builder import build_nft
+            from meshnet.render.nft import render_nft
+
+            text = render_nft(build_nft(spec))
+        else:
+            from meshnet.istio_builder import build_iptables
+
+            text = render_transcript(build_iptables(spec))
+        dest = env.get("DRY_RUN_FILE_PATH")
+        if dest:
+            with open(dest, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        sys.stdout.write(text)
+        return 0
+    from meshnet.cli import istio_apply
+
+    return istio_apply.apply_istio(spec, opts, netns)

@@ -1,0 +1,94 @@
+"""YAML spec files (the profiles in rules/) -> Spec.
+
+Keys are the Spec field names. List fields take a YAML list or a comma string; port and CIDR
+fields also take '*'. Unknown keys are errors, so a typo cannot silently disable capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshnet import validate as v
+from meshnet.errors import SpecError
+from meshnet.spec import SPEC_FIELDS, Spec
+
+_PORT_FIELDS = ("inbound_exclude_ports", "outbound_include_ports", "outbound_exclude_ports")
+_IFACE_FIELDS = ("exclude_interfaces", "kube_virt_interfaces")
+_INT_FIELDS = {"proxy_port": (1, 65535), "inbound_capture_port": (1, 65535), "inbound_tunnel_port": (1, 65535),
+               "tproxy_mark": (1, 0xFFFFFFFF), "tproxy_route_table": (1, 0xFFFFFFFE)}
+_BOOL_FIELDS = ("redirect_dns", "capture_all_dns", "drop_invalid", "dual_stack", "enable_ipv6")
+
+
+def _as_text(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str | int) or isinstance(item, bool):
+                raise SpecError(key, value, "list items must be strings or numbers")
+        return ",".join(str(i) for i in value)
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    raise SpecError(key, value, "expected a string, a number or a list")
+
+
+def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
+    if "spec" in doc and isinstance(doc.get("spec"), dict):  # allow a Kubernetes-style envelope
+        doc = doc["spec"]
+    unknown = sorted(set(doc) - SPEC_FIELDS - {"inbound_ports", "outbound_include_cidrs"})
+    if unknown:
+        raise SpecError(f"{source} key", unknown[0], f"unknown field (known: {', '.join(sorted(SPEC_FIELDS))})")
+    kw: dict[str, Any] = {}
+    for key, value in doc.items():
+        text = _as_text(key, value) if not isinstance(value, bool) else value
+        if key in _INT_FIELDS:
+            kw[key] = v.parse_int(key, text, *_INT_FIELDS[key])
+        elif key in _BOOL_FIELDS:
+            kw[key] = v.parse_bool(key, text)
+        elif key in _PORT_FIELDS:
+            kw[key] = v.parse_ports(key, text)
+        elif key in _IFACE_FIELDS:
+            kw[key] = v.parse_interfaces(key, text)
+        elif key == "inbound_ports":
+            kw["inbound_ports_wildcard"], kw["inbound_ports"] = v.parse_ports_or_wildcard(key, text)
+        elif key == "outbound_include_cidrs":
+            kw["outbound_cidrs_wildcard"], kw["outbound_include_cidrs"] = v.parse_cidrs(key, text,
+                                                                                       allow_wildcard=True)
+        elif key == "outbound_exclude_cidrs":
+            kw[key] = v.parse_cidrs(key, text, allow_wildcard=False)[1]
+        elif key in ("proxy_uids", "proxy_gids", "owner_groups_exclude"):
+            kw[key] = v.parse_owners(key, text)
+        elif key == "owner_groups_include":
+            kw[key] = None if text.strip() in ("*", "") else v.parse_owners(key, text)
+        elif key in ("dns_servers_v4", "dns_servers_v6"):
+            kw[key] = tuple(v.parse_ip(key, s) for s in v.split_list(key, text))
+        elif key == "mode":
+            if text not in ("REDIRECT", "TPROXY"):
+                raise SpecError(key, text, "expected REDIRECT or TPROXY")
+            kw[key] = text
+        elif key == "ipv4_loopback_cidr":
+            kw[key] = v.parse_loopback_cidr(key, text)
+        elif key in ("inbound_ports_wildcard", "outbound_cidrs_wildcard"):
+            kw[key] = v.parse_bool(key, text)
+        else:  # pragma: no cover - every Spec field is handled above
+            raise SpecError(key, value, "not supported in YAML")
+    if "proxy_uids" in kw and "proxy_gids" not in kw:
+        kw["proxy_gids"] = kw["proxy_uids"]  # Istio: gid defaults to the uid
+    return Spec(**kw)
+
+
+def load_spec_file(path: str) -> Spec:
+    import yaml  # lazy: only the YAML path pays for PyYAML
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as exc:
+        raise SpecError("spec file", path, exc.strerror or str(exc)) from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise SpecError("spec file", path, f"not valid YAML ({first})") from None
+    if not isinstance(doc, dict):
+        raise SpecError("spec file", path, "expected a mapping of spec fields")
+    return spec_from_mapping(doc, source=path)
