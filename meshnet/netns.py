@@ -1,0 +1,295 @@
+"""Network-namespace handle used by every part of meshnet.
+
+A :class:`Netns` names one network namespace (``/run/netns/NAME``, any nsfs path, or
+``/proc/PID/ns/net``) and offers ways to act inside it **without ever switching the
+calling thread**:
+
+* subprocesses go through ``nsenter --net=PATH --`` (:meth:`Netns.run`, :meth:`Netns.popen`);
+* in-process objects that bind to a namespace at creation (sockets, ``/proc/thread-self/net``
+  files, ``/proc/sys/net`` files) are created by a short-lived dedicated thread that calls
+  ``setns(2)`` and then dies, so no pooled or main thread is ever left in another namespace;
+* pyroute2 is bound with ``flags=0`` so a typo can never create a namespace.
+
+Import cost matters (the CNI plugin imports this on every invocation): only cheap stdlib
+modules are imported at module level; ctypes and pyroute2 are imported lazily.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+__all__ = ["NETNS_RUN_DIR", "Netns", "NetnsError"]
+
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+# ioctl(NS_GET_NSTYPE) = _IO(0xb7, 0x3): returns the CLONE_NEW* type of an nsfs fd (Linux >= 4.11).
+_NS_GET_NSTYPE = 0xB703
+
+_T = TypeVar("_T")
+
+
+class NetnsError(Exception):
+    """A namespace is missing/invalid, or a command run inside it failed."""
+
+
+def _setns(fd: int) -> None:
+    """setns(fd, CLONE_NEWNET) for the *calling thread only*."""
+    setns = getattr(os, "setns", None)  # Python >= 3.12
+    if setns is not None:
+        setns(fd, CLONE_NEWNET)
+        return
+    import ctypes  # lazy: ~5 ms, only needed when actually entering a namespace
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _check_netns_fd(fd: int, path: str, label: str) -> None:
+    """Raise NetnsError unless fd is an nsfs file of a *network* namespace."""
+    import fcntl  # cheap C module, but only needed here
+
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError as e:
+        # ENOTTY: a plain file, e.g. a stale /run/netns entry whose bind mount is gone.
+        raise NetnsError(f"{label!r} is not a namespace file ({path}): {e.strerror}") from None
+    if nstype != CLONE_NEWNET:
+        raise NetnsError(f"{label!r} is a namespace but not a network namespace ({path})")
+
+
+@dataclass(frozen=True)
+class Netns:
+    """One network namespace. ``path`` is what gets opened; ``label`` is for messages."""
+
+    path: str
+    label: str
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def resolve(cls, netns: str | None = None, pid: int | None = None) -> Netns:
+        """Resolve a name, nsfs path or PID to a validated handle. Never creates anything.
+
+        * ``netns="mn-x"`` -> ``/run/netns/mn-x``; a value containing ``/`` is used as a path;
+        * ``pid=123`` -> ``/proc/123/ns/net``;
+        * neither -> the current namespace (``/proc/self/ns/net``).
+        """
+        if netns is not None and pid is not None:
+            raise NetnsError("give either a namespace name/path or a pid, not both")
+        if pid is not None:
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                raise NetnsError(f"invalid pid {pid!r}")
+            path, label = f"/proc/{pid}/ns/net", f"pid {pid}"
+        elif netns is None:
+            path, label = "/proc/self/ns/net", "current"
+        else:
+            if not netns or netns in (".", ".."):
+                raise NetnsError(f"invalid network namespace name {netns!r}")
+            path = netns if "/" in netns else f"{NETNS_RUN_DIR}/{netns}"
+            label = netns
+        ns = cls(path=path, label=label)
+        ns._open().__exit__(None, None, None)  # validates
+        return ns
+
+    def _open(self) -> _Fd:
+        """Open and validate the namespace file (O_RDONLY, never O_CREAT)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NetnsError(self._missing_msg()) from None
+        except OSError as e:
+            raise NetnsError(
+                f"cannot open network namespace {self.label!r} ({self.path}): {e.strerror}"
+            ) from None
+        try:
+            _check_netns_fd(fd, self.path, self.label)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Fd(fd)
+
+    def _missing_msg(self) -> str:
+        if self.label.startswith("pid "):
+            return f"process {self.label[4:]} not found ({self.path})"
+        return f"network namespace {self.label!r} not found ({self.path})"
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def inode(self) -> int:
+        """nsfs inode number (what ``ip netns identify`` / ``ls -l /proc/PID/ns/net`` show)."""
+        try:
+            return os.stat(self.path).st_ino
+        except FileNotFoundError:
+            raise NetnsError(self._missing_msg()) from None
+
+    def is_current(self) -> bool:
+        """True if the *calling thread* is already in this namespace."""
+        try:
+            mine = os.stat(self.path)
+        except FileNotFoundError:
+            raise NetnsError(self._missing_msg()) from None
+        cur = os.stat("/proc/thread-self/ns/net")
+        return (mine.st_dev, mine.st_ino) == (cur.st_dev, cur.st_ino)
+
+    def __str__(self) -> str:
+        return self.label
+
+    # ---------------------------------------------------------------- subprocesses
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """argv wrapped with nsenter (plain argv when already in this namespace)."""
+        if self.is_current():
+            return list(argv)
+        return ["nsenter", f"--net={self.path}", "--", *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout: float = 30.0,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the namespace, text mode, stdout/stderr captured.
+
+        ``env`` replaces the environment (subprocess semantics). A timeout or a missing
+        executable always raises NetnsError; a non-zero exit raises it only with check=True.
+        """
+        full = self.argv(argv)
+        cmd = shlex.join(argv)
+        try:
+            cp = subprocess.run(
+                full,
+                input=input,
+                text=True,
+                capture_output=True,
+                timeout=timeout,
+                env=dict(env) if env is not None else None,
+                # stdin must not be inherited: a tool waiting on the terminal would hang the caller.
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise NetnsError(f"[{self.label}] {cmd}: timed out after {timeout:g}s") from None
+        except FileNotFoundError as e:
+            raise NetnsError(f"[{self.label}] {cmd}: executable not found ({e.filename})") from None
+        if check and cp.returncode != 0:
+            lines = [ln for ln in (cp.stderr or "").splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else "(no stderr)"
+            raise NetnsError(f"[{self.label}] {cmd}: exit status {cp.returncode}: {last}")
+        return cp
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a process inside the namespace (nsenter execs, so .pid is the program's pid)."""
+        return subprocess.Popen(self.argv(argv), **kw)
+
+    # ---------------------------------------------------------------- in-process, via a setns thread
+    def call_in(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn()`` in a fresh thread that has joined this namespace; return its result.
+
+        The thread exits afterwards, so nothing else ever runs in the switched thread.
+        Anything fn() creates that binds at creation (sockets, opened /proc files) stays
+        bound to this namespace and may be used from any thread.
+        """
+        result: list[Any] = []
+        error: list[BaseException] = []
+        with self._open() as nsfd:  # open in the caller: a missing namespace fails here, early
+
+            def target() -> None:
+                try:
+                    try:
+                        _setns(nsfd.fd)
+                    except OSError as e:
+                        raise NetnsError(f"setns into {self.label!r} ({self.path}) failed: {e}") from None
+                    result.append(fn())
+                except BaseException as e:  # re-raised in the caller
+                    error.append(e)
+
+            t = threading.Thread(target=target, name=f"netns:{self.label}", daemon=True)
+            t.start()
+            t.join()
+        if error:
+            raise error[0]
+        return result[0]
+
+    def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
+        """A socket created inside the namespace; usable from any thread afterwards."""
+        if self.is_current():
+            return socket.socket(family, type, proto)
+        return self.call_in(lambda: socket.socket(family, type, proto))
+
+    def read_proc_net(self, name: str) -> str:
+        """Content of /proc/thread-self/net/<name> as seen inside the namespace.
+
+        Reading creates nothing (unlike iptables-legacy probes). Raises FileNotFoundError
+        if that file does not exist there (e.g. ``ip_tables_names`` without the module).
+        """
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"invalid /proc/net entry {name!r}")
+        return self.call_in(lambda: _read(f"/proc/thread-self/net/{name}"))
+
+    def sysctl(self, key: str) -> str:
+        """Value of a sysctl as seen inside the namespace, e.g. ``net.ipv4.ip_forward``.
+
+        ``/proc/sys/net`` is resolved against the opening thread's namespace, so it is
+        read from a setns thread. Keys may use dots or slashes (``net/ipv4/conf/eth0.100/rp_filter``
+        for interface names that contain dots).
+        """
+        rel = key.strip().strip("/")
+        if "/" not in rel:
+            rel = rel.replace(".", "/")
+        if not rel or ".." in rel.split("/"):
+            raise ValueError(f"invalid sysctl key {key!r}")
+        path = f"/proc/sys/{rel}"
+        try:
+            return self.call_in(lambda: _read(path)).strip()
+        except FileNotFoundError:
+            raise NetnsError(f"[{self.label}] sysctl {key} not found ({path})") from None
+
+    def ipr(self) -> IPRoute:
+        """pyroute2 IPRoute bound to this namespace (a context manager; close it).
+
+        flags=0: a missing namespace raises, it is never created (pyroute2's default is O_CREAT).
+        """
+        from pyroute2 import IPRoute  # lazy: ~140 ms import
+
+        if self.is_current():
+            return IPRoute()
+        self._open().__exit__(None, None, None)  # clear NetnsError instead of pyroute2's
+        try:
+            return IPRoute(netns=self.path, flags=0)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise NetnsError(self._missing_msg()) from None
+            raise NetnsError(f"pyroute2 cannot enter {self.label!r} ({self.path}): {e}") from None
+
+
+class _Fd:
+    """Tiny fd owner so opened namespace fds are always closed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> _Fd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()

@@ -1,0 +1,29 @@
+"""Generic fixtures shared by all test modules. Keep it small; helpers live in topology.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from topology import Topology, is_root
+
+_NOT_ROOT = "needs root for real network namespaces (CI runs as root)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked `netns` are skipped with a visible reason when not root, never silently.
+    if is_root():
+        return
+    skip = pytest.mark.skip(reason=_NOT_ROOT)
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """A fresh pod <-> peer Topology (IPv4 + IPv6), torn down after the test."""
+    if not is_root():
+        pytest.skip(_NOT_ROOT)
+    with Topology() as topo:
+        yield topo
