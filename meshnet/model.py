@@ -8,6 +8,7 @@ explain walks one value.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -53,6 +54,21 @@ class Match:
     def __str__(self) -> str:
         return " ".join(self.tokens())
 
+    def canonical(self) -> Match:
+        """The form the kernel prints back: addresses masked to their network."""
+        if self.kind in ("src", "dst") and "/" in self.value:
+            try:
+                return Match(self.kind, ipaddress.ip_network(self.value, strict=False).with_prefixlen, self.negated)
+            except ValueError:
+                return self
+        if self.kind in ("src", "dst"):
+            try:
+                addr = ipaddress.ip_address(self.value)
+                return Match(self.kind, f"{addr}/{addr.max_prefixlen}", self.negated)
+            except ValueError:
+                return self
+        return self
+
 
 @dataclass(frozen=True)
 class Target:
@@ -71,6 +87,12 @@ class Target:
 
     def tokens(self) -> list[str]:
         return ["-j", self.name, *self.args]
+
+    def canonical(self) -> Target:
+        # Istio writes `--to-port` for the UDP DNS redirect; the kernel prints `--to-ports`.
+        if self.name == "REDIRECT" and self.args[:1] == ("--to-port",):
+            return Target(self.name, ("--to-ports", *self.args[1:]))
+        return self
 
 
 @dataclass(frozen=True)
@@ -92,7 +114,7 @@ class Rule:
 
     def key(self) -> tuple[str, str, frozenset[Match], Target]:
         """Identity for comparison: match order inside one rule does not change its meaning."""
-        return (self.table, self.chain, frozenset(self.matches), self.target)
+        return (self.table, self.chain, frozenset(m.canonical() for m in self.matches), self.target.canonical())
 
     def __str__(self) -> str:
         return f"-A {self.chain} {self.spec_text()}"

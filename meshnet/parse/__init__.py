@@ -1,0 +1,1 @@
+"""Parsers of live state back into the rule model."""
