@@ -244,7 +244,8 @@ def _tproxy_tail(e: _Emitter, spec: Spec, loopback: dict[Family, str]) -> None:
     for kind, owners in (("uid", spec.proxy_uids), ("gid", spec.proxy_gids)):
         for owner in owners:
             e.append(MANGLE, "OUTPUT",
-                     lambda f: (M("dst", loopback[f], negated=True), tcp, M("out", "lo"), M(kind, owner)),
+                     lambda f, kind=kind, owner=owner: (
+                         M("dst", loopback[f], negated=True), tcp, M("out", "lo"), M(kind, owner)),
                      j("MARK", "--set-mark", str(OUTBOUND_MARK)))
     e.append(MANGLE, "OUTPUT", (tcp, M("connmark", mark)), j("CONNMARK", "--restore-mark"))
     e.insert(MANGLE, ISTIO_INBOUND, 1, (tcp, M("mark", mark)), j("RETURN"))
