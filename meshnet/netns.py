@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from meshnet.errors import MeshnetError
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
@@ -39,7 +41,7 @@ _NS_GET_NSTYPE = 0xB703
 _T = TypeVar("_T")
 
 
-class NetnsError(Exception):
+class NetnsError(MeshnetError):
     """A namespace is missing/invalid, or a command run inside it failed."""
 
 
