@@ -136,8 +136,14 @@ class Lab:
             return False
 
 
-def expect(r: dict[str, Any], name: str, *, port: int | None = None, orig_dst: Sequence[Any] | None = None,
-           lab: Lab | None = None) -> None:
+def expect(
+    r: dict[str, Any],
+    name: str,
+    *,
+    port: int | None = None,
+    orig_dst: Sequence[Any] | None = None,
+    lab: Lab | None = None,
+) -> None:
     """Assert where a connection landed; on failure show the reply and the live rules."""
     where = f"landed: {r}" + (f"\nrules:\n{lab.dump()}" if lab is not None else "")
     assert r.get("name") == name, where
