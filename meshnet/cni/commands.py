@@ -1,0 +1,157 @@
+"""ADD / DEL / CHECK / STATUS / GC: pod facts -> Spec -> applier, errors as CniError."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from meshnet.annotations import spec_from_annotations
+from meshnet.cni.config import PluginConfig
+from meshnet.cni.log import Log
+from meshnet.cni.pod import PodInfo, skip_reason
+from meshnet.cni.protocol import (
+    E_APPLY_FAILED,
+    E_DRIFT,
+    E_INCOMPATIBLE_VERSION,
+    E_INVALID_POD_SPEC,
+    E_UNKNOWN_CONTAINER,
+    CniEnv,
+    CniError,
+    passthrough_result,
+    version_at_least,
+)
+from meshnet.cni.source import load_pod
+from meshnet.errors import MeshnetError, SpecError
+from meshnet.netns import Netns, NetnsError
+from meshnet.spec import Spec
+
+Result = dict[str, Any] | None
+
+
+def _netns(env: CniEnv) -> Netns:
+    try:
+        return Netns.resolve(env.netns)
+    except NetnsError as exc:
+        raise CniError(E_UNKNOWN_CONTAINER, f"pod network namespace unusable: {exc}") from None
+
+
+def _pod_spec(pod: PodInfo, config: PluginConfig) -> Spec:
+    return spec_from_annotations(pod.annotations, defaults=config.defaults, proxy_uid=pod.proxy_uid,
+                                 proxy_gid=pod.proxy_gid, proxy_env=pod.proxy_env)
+
+
+def _skip(pod: PodInfo, config: PluginConfig) -> str | None:
+    try:
+        return skip_reason(pod, config)
+    except SpecError as exc:
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+
+
+def _cleanup_quietly(netns: Netns, log: Log) -> None:
+    """After a failed ADD: leave no interception state, whatever a previous ADD left."""
+    from meshnet.applier import cleanup
+
+    try:
+        cleanup(netns)
+    except Exception as exc:  # the original error is what the runtime must see
+        log.error("cleanup after a failed ADD failed", error=str(exc))
+
+
+def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
+    pod = load_pod(env, config, doc, log)
+    reason = _skip(pod, config)
+    if reason:
+        log.info("skipped", reason=reason)
+        return passthrough_result(doc, config.cni_version)
+    netns = _netns(env)
+    from meshnet.applier import apply_spec, spec_for_netns
+
+    try:
+        spec = spec_for_netns(_pod_spec(pod, config), netns)
+    except SpecError as exc:
+        _cleanup_quietly(netns, log)
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+    except MeshnetError as exc:  # e.g. no usable address to decide on IPv6
+        _cleanup_quietly(netns, log)
+        raise CniError(E_APPLY_FAILED, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+    try:
+        result = apply_spec(netns, spec, backend=config.backend)
+    except MeshnetError as exc:
+        _cleanup_quietly(netns, log)
+        raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None
+    log.info("interception programmed", mode=spec.mode, ipv6=spec.enable_ipv6,
+             changed=getattr(result, "changed", None))
+    return passthrough_result(doc, config.cni_version)
+
+
+def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
+    # The spec: DEL succeeds when the namespace or the state is already gone.
+    if not env.netns or not os.path.exists(env.netns):
+        log.info("namespace already gone: nothing to remove")
+        return None
+    try:
+        netns = Netns.resolve(env.netns)
+    except NetnsError as exc:
+        log.info("namespace unusable: nothing to remove", reason=str(exc))
+        return None
+    from meshnet.applier import cleanup
+
+    try:
+        cleanup(netns)
+    except MeshnetError as exc:
+        if not os.path.exists(env.netns):  # removed while we were cleaning: fine
+            return None
+        raise CniError(E_APPLY_FAILED, f"cannot remove interception from {env.netns}: {exc}") from None
+    log.info("interception removed")
+    return None
+
+
+def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
+    if not version_at_least(config.cni_version, "0.4.0"):
+        raise CniError(E_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {config.cni_version}")
+    pod = load_pod(env, config, doc, log)
+    reason = _skip(pod, config)
+    if reason:
+        log.debug("check: pod not programmed", reason=reason)
+        return None
+    netns = _netns(env)
+    from meshnet.applier import spec_for_netns, status
+
+    try:
+        spec = spec_for_netns(_pod_spec(pod, config), netns)
+    except SpecError as exc:
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+    try:
+        state = status(netns, spec)
+    except MeshnetError as exc:
+        raise CniError(E_APPLY_FAILED, f"cannot read the rules of pod {pod.namespace}/{pod.name}: {exc}") from None
+    drift = list(state.drift)
+    if drift:
+        raise CniError(E_DRIFT, f"pod {pod.namespace}/{pod.name}: interception rules differ from the pod's spec "
+                       f"({len(drift)} difference(s))", "\n".join(drift))
+    return None
+
+
+def _needs_1_1(config: PluginConfig, command: str) -> None:
+    if not version_at_least(config.cni_version, "1.1.0"):
+        raise CniError(E_INCOMPATIBLE_VERSION, f"{command} is not defined for cniVersion {config.cni_version}")
+
+
+def cmd_status(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
+    _needs_1_1(config, "STATUS")
+    from meshnet.cni.ready import readiness_problem
+
+    problem = readiness_problem(config.backend)
+    if problem:
+        raise CniError(50, f"meshnet-cni cannot service ADD: {problem}")
+    return None
+
+
+def cmd_gc(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
+    # All state lives inside pod namespaces and dies with them: nothing to collect.
+    _needs_1_1(config, "GC")
+    return None
+
+
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
