@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from meshnet.cli.cni_cmd import cni_cmd
 from meshnet.cli.render_cmd import render_cmd
 
 
@@ -24,3 +25,4 @@ def istio_iptables_cmd(ctx: click.Context) -> None:
 
 
 cli.add_command(render_cmd)
+cli.add_command(cni_cmd)

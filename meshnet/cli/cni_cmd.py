@@ -1,0 +1,98 @@
+"""`meshnet cni install|uninstall|build`: chain meshnet-cni into a node's CNI configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from meshnet.cli.errors import guarded
+from meshnet.errors import UsageError
+
+_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
+_BACKENDS = ("auto", "iptables-legacy", "iptables-nft", "nft")
+
+
+def _conflist(conflist: str | None, conf_dir: str | None) -> Path:
+    from meshnet.cni.install import pick_conflist
+
+    if bool(conflist) == bool(conf_dir):
+        raise UsageError("give exactly one of --conflist PATH or --conf-dir DIR")
+    return Path(conflist) if conflist else pick_conflist(Path(conf_dir or ""))
+
+
+@click.group("cni")
+def cni_cmd() -> None:
+    """The meshnet-cni chained CNI plugin: build, install, uninstall."""
+
+
+@cni_cmd.command("build")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the file.")
+@click.option("--python", default=None, help="Interpreter line of the file (default /usr/bin/python3).")
+def build_cmd(output: str, python: str | None) -> None:
+    """Build the single-file plugin executable (a zipapp for the node's python3)."""
+
+    def go() -> int:
+        from meshnet.cni.bundle import DEFAULT_INTERPRETER, build
+
+        click.echo(str(build(output, python or DEFAULT_INTERPRETER)))
+        return 0
+
+    raise SystemExit(guarded(go))
+
+
+@cni_cmd.command("install")
+@click.option("--conflist", default=None, type=click.Path(dir_okay=False), help="The conflist to chain into.")
+@click.option("--conf-dir", default=None, type=click.Path(file_okay=False),
+              help="Or: use the conflist a runtime would pick in this directory.")
+@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False))
+@click.option("--plugin-file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A prebuilt plugin file (default: build one now).")
+@click.option("--python", default=None, help="Interpreter for a plugin built now (default /usr/bin/python3).")
+@click.option("--exclude-namespace", "exclude_namespaces", multiple=True,
+              help="Pod namespace to leave alone (repeatable; default kube-system).")
+@click.option("--backend", type=click.Choice(_BACKENDS), default=None)
+@click.option("--kubeconfig", default=None, help="Read pods from the Kubernetes API with this kubeconfig.")
+@click.option("--log-level", type=click.Choice(_LOG_LEVELS), default=None)
+@click.option("--log-file", default=None)
+def install_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str, plugin_file: str | None,
+                python: str | None, exclude_namespaces: tuple[str, ...], backend: str | None,
+                kubeconfig: str | None, log_level: str | None, log_file: str | None) -> None:
+    """Copy the plugin into the bin dir and chain it last into the conflist (idempotent)."""
+
+    def go() -> int:
+        import tempfile
+
+        from meshnet.cni.bundle import DEFAULT_INTERPRETER, build
+        from meshnet.cni.install import install
+
+        target = _conflist(conflist, conf_dir)
+        options = {"exclude_namespaces": list(exclude_namespaces), "backend": backend, "kubeconfig": kubeconfig,
+                   "log_level": log_level, "log_file": log_file}
+        with tempfile.TemporaryDirectory(prefix="meshnet-cni-") as tmp:
+            source = Path(plugin_file) if plugin_file else build(Path(tmp) / "meshnet-cni",
+                                                                 python or DEFAULT_INTERPRETER)
+            done = install(target, Path(bin_dir), source, options)
+        for line in done or [f"meshnet-cni already installed in {target} and {bin_dir}"]:
+            click.echo(line)
+        return 0
+
+    raise SystemExit(guarded(go))
+
+
+@cni_cmd.command("uninstall")
+@click.option("--conflist", default=None, type=click.Path(dir_okay=False))
+@click.option("--conf-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False))
+def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> None:
+    """Remove the plugin from the conflist and the bin dir (idempotent)."""
+
+    def go() -> int:
+        from meshnet.cni.install import uninstall
+
+        done = uninstall(_conflist(conflist, conf_dir), Path(bin_dir))
+        for line in done or ["meshnet-cni was not installed"]:
+            click.echo(line)
+        return 0
+
+    raise SystemExit(guarded(go))

@@ -1,0 +1,97 @@
+"""Build `meshnet-cni` as one executable file (a zipapp) that runs with the node's python3, no venv.
+
+The archive holds the meshnet package (minus the click CLI) and the pure-Python dependencies the
+ADD path may import, each module as source plus an unchecked-hash .pyc compiled by the target
+interpreter: zipimport cannot write bytecode caches, so without the .pyc every pod start would
+recompile every module. If the node's python is another version, the .pyc is ignored (bad magic)
+and zipimport falls back to the source: slower, still correct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipapp
+from collections.abc import Iterator
+from pathlib import Path
+
+DEFAULT_INTERPRETER = "/usr/bin/python3"
+# Pure-Python packages the plugin may import lazily: yaml for a YAML kubeconfig or proxy config.
+OPTIONAL_PACKAGES = ("yaml",)
+_EXCLUDED = ("meshnet/cli",)
+MIN_PYTHON = (3, 11)
+
+_NEED = ".".join(map(str, MIN_PYTHON))
+MAIN = f'''\
+import json, sys
+if sys.version_info < {MIN_PYTHON!r}:
+    print(json.dumps({{"cniVersion": "1.1.0", "code": 999, "details": sys.executable,
+                      "msg": "meshnet-cni needs Python >= {_NEED}, this is " + sys.version.split()[0]}}))
+    sys.exit(1)
+from meshnet.cni.plugin import main
+main()
+'''
+
+_COMPILE = """\
+import json, py_compile, sys
+for src, cfile, dfile in json.load(sys.stdin):
+    py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+def _package_dir(name: str) -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _sources(root: Path, package: str) -> Iterator[tuple[Path, str]]:
+    for path in sorted(root.rglob("*.py")):
+        arcname = f"{package}/{path.relative_to(root).as_posix()}"
+        if "__pycache__" in arcname or any(arcname.startswith(ex + "/") for ex in _EXCLUDED):
+            continue
+        yield path, arcname
+
+
+def _compiler(python: str) -> str:
+    """Compile with the target interpreter when it is here, else with this one."""
+    return python if os.access(python, os.X_OK) else sys.executable
+
+
+def build(out: str | os.PathLike[str], python: str = DEFAULT_INTERPRETER) -> Path:
+    """Write the zipapp to `out` (atomically) with `#!python` as its interpreter line."""
+    meshnet_dir = _package_dir("meshnet")
+    if meshnet_dir is None:
+        raise RuntimeError("the meshnet package is not importable")
+    files = list(_sources(meshnet_dir, "meshnet"))
+    for name in OPTIONAL_PACKAGES:
+        pkg = _package_dir(name)
+        if pkg is not None:
+            files.extend(_sources(pkg, name))
+    out_path = Path(out)
+    with tempfile.TemporaryDirectory(prefix="meshnet-cni-build-") as tmp:
+        stage = Path(tmp) / "app"
+        jobs = []
+        for src, arcname in files:
+            dest = stage / arcname
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(src.read_bytes())
+            jobs.append((str(dest), str(dest.with_suffix(".pyc")), arcname))
+        (stage / "__main__.py").write_text(MAIN)
+        subprocess.run([_compiler(python), "-I", "-c", _COMPILE], input=json.dumps(jobs), text=True,
+                       check=True, capture_output=True)
+        tmp_out = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+        try:
+            zipapp.create_archive(stage, tmp_out, interpreter=python)
+            os.chmod(tmp_out, 0o755)
+            os.replace(tmp_out, out_path)
+        finally:
+            tmp_out.unlink(missing_ok=True)
+    return out_path
