@@ -20,9 +20,12 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .entry import PROTO_NAMES, TCP_STATES, CtEntry
-from .nsctx import run_in_netns
+
+if TYPE_CHECKING:
+    from meshnet.netns import Netns
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -212,18 +215,19 @@ def parse_entry(buf: bytes, pos: int, end: int) -> CtEntry | None:
 class CtSocket:
     """A NETLINK_NETFILTER socket opened inside a given network namespace."""
 
-    def __init__(self, netns_path: str | None = None, groups: int = 0) -> None:
-        def make() -> socket.socket:
+    def __init__(self, ns: Netns | None = None, groups: int = 0) -> None:
+        # A netlink socket talks to the netns it was created in, whichever thread uses it later.
+        if ns is None:
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-            try:
-                # Big buffer: event bursts must not overrun (ENOBUFS), dumps read fewer chunks.
-                s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root)
-            except OSError:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-            s.bind((0, groups))
-            return s
-
-        self.sock = run_in_netns(netns_path, make)
+        else:
+            s = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            # Big buffer: event bursts must not overrun (ENOBUFS), dumps read fewer chunks.
+            s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root only)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        s.bind((0, groups))
+        self.sock = s
         self.seq = int(time.time()) & 0xFFFFFF
 
     def close(self) -> None:
@@ -263,18 +267,22 @@ class CtSocket:
                     yield buf, typ & 0xFF, flags, pos + 20, end
                 pos = (end + 3) & ~3
 
-    def dump(self, family: int = 0) -> TableScan:
-        """Full table dump into a TableScan (all families by default)."""
+    def dump(self, family: int = 0, keep_all_nat: bool = False) -> TableScan:
+        """Full table dump into a TableScan (all families by default).
+
+        keep_all_nat: keep every NAT entry in scan.nat, not only the collision candidates (watch
+        needs them to recognise a later sibling).
+        """
         # The cyclic GC would rescan every entry object allocated so far, again and again.
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._dump(family)
+            return self._dump(family, keep_all_nat)
         finally:
             if was_enabled:
                 gc.enable()
 
-    def _dump(self, family: int) -> TableScan:
+    def _dump(self, family: int, keep_all_nat: bool) -> TableScan:
         seq = self._request(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family)
         scan = TableScan()
         protos: dict[int, int] = {}
@@ -325,7 +333,8 @@ class CtSocket:
         scan.capture_ports = {int.from_bytes(k, "big"): v for k, v in captures.items()}
         for members in groups.values():
             scan.nat_total += len(members)
-            for _dp, _rw, msg in _select(members, lambda r: r[0], lambda r: r[1]):
+            keep = members if keep_all_nat else _select(members, lambda r: r[0], lambda r: r[1])
+            for _dp, _rw, msg in keep:
                 e = parse_entry(msg, 20, len(msg))
                 if e is not None:
                     scan.nat.append(e)
