@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_INTERPRETER = "/usr/bin/python3"
-# Pure-Python packages the plugin may import lazily: yaml for a YAML kubeconfig or proxy config.
-OPTIONAL_PACKAGES = ("yaml",)
+# Pure-Python packages the plugin may import lazily: yaml for a YAML kubeconfig or proxy config,
+# pyroute2 for TPROXY policy routing (and the routing part of DEL/CHECK).
+OPTIONAL_PACKAGES = ("yaml", "pyroute2")
 _EXCLUDED = ("meshnet/cli",)
 MIN_PYTHON = (3, 11)
 

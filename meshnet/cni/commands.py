@@ -76,7 +76,9 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"pod {pod.namespace}/{pod.name}: {exc}") from None
     try:
-        result = apply_spec(netns, spec, backend=config.backend)
+        # reconcile: at sandbox creation the pod's annotations are the truth; stale rules from an
+        # earlier ADD with other annotations are replaced (same rules again: a no-op).
+        result = apply_spec(netns, spec, backend=config.backend, reconcile=True)
     except MeshnetError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None

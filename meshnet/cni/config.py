@@ -14,7 +14,7 @@ from meshnet.annotations import CniDefaults
 from meshnet.cni.protocol import E_INVALID_CONFIG, CniError, check_version
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "none")
-BACKENDS = ("auto", "iptables-legacy", "iptables-nft", "nft")
+BACKENDS = ("auto", "iptables-legacy", "iptables-nft", "nftables")  # iptc: not thread-safe, not for CNI
 ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 DEFAULT_EXCLUDE_NAMESPACES = ("kube-system",)
 _PORT_FIELDS = ("proxy_port", "inbound_capture_port", "inbound_tunnel_port")

@@ -8,7 +8,7 @@ _TOOLS = {
     "auto": ("iptables-restore", "iptables-nft-restore", "iptables-legacy-restore", "nft"),
     "iptables-legacy": ("iptables-legacy-restore",),
     "iptables-nft": ("iptables-nft-restore",),
-    "nft": ("nft",),
+    "nftables": ("nft",),
 }
 # Runtimes often exec plugins with a minimal PATH; the sbin dirs hold the netfilter tools.
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
