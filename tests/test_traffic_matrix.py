@@ -196,3 +196,15 @@ def test_kube_virt_interface_is_outbound(lab: Lab) -> None:
     # eth0 keeps normal inbound capture.
     pod = lab.ip("pod")
     expect(connect(lab.peer, pod, APP_PORT), "proxy", port=INBOUND_PORT, orig_dst=[pod, APP_PORT], lab=lab)
+
+
+def test_tproxy_with_no_listener_differs_by_backend(lab: Lab) -> None:
+    """Nobody listens on the TPROXY port (-z 15007): xt `TPROXY` drops the SYN (fail closed), nft
+    `tproxy` finds no socket and falls through to the next rule, so the connection reaches the app
+    directly (fail open). Istio's own native nftables backend behaves the same way."""
+    lab.apply(istio_spec("-m", "TPROXY", "-z", "15007"))
+    r = connect(lab.peer, lab.ip("pod"), APP_PORT, timeout=1.0)
+    if lab.backend == "nftables":
+        expect(r, "app", orig_dst=None, lab=lab)
+    else:
+        assert r.get("error") == "timeout", f"{r}\n{lab.dump()}"
