@@ -1,0 +1,447 @@
+"""Program a pod's network namespace from a Spec: atomic, idempotent, reversible.
+
+Flow of `apply_spec`: pick the backend (Istio's detection, without side effects), read the live
+state once, then
+
+* no Istio state           -> write: TPROXY routing first, then one restore per family (or one nft
+                              transaction); any failure removes exactly what this run added;
+* same state as the spec   -> no-op (`changed=False`);
+* different state          -> ApplyError naming the drift, unless `reconcile` (clean and re-apply
+                              behind Istio's DROP guardrails; nftables swaps tables in one transaction).
+
+Nothing here runs in the caller's thread namespace: binaries go through `nsenter` (Netns.run),
+netlink through pyroute2 bound to the namespace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
+from meshnet.backends.xt_cleanup import Removal, plan_removal
+from meshnet.backends.xtables import Xtables, legacy_tables, strip_counters
+from meshnet.errors import ApplyError, UsageError
+from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan, RuleSet
+from meshnet.netns import Netns
+from meshnet.spec import Spec
+
+__all__ = ["ApplyResult", "CleanupResult", "Status", "apply_spec", "cleanup", "detect_backend", "spec_for_netns",
+           "status"]
+
+GUARDRAILS = ("INPUT", "FORWARD", "OUTPUT")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    backend: str  # "iptables-legacy" | "iptables-nft" | "nftables" | "iptc"
+    changed: bool  # False when the same spec was already applied (no-op)
+    message: str
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    backends: tuple[str, ...]  # backends that held Istio state and were cleaned
+    removed: tuple[str, ...]  # one line per thing removed
+    message: str
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.removed)
+
+
+@dataclass(frozen=True)
+class Status:
+    backends: tuple[str, ...]  # backends holding Istio rules
+    drift: tuple[str, ...]  # empty = matches the spec (or no spec given)
+    tproxy_routing: bool
+    passthrough_v6: bool
+    spec_checked: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def backend(self) -> str:
+        return self.backends[0] if len(self.backends) == 1 else ",".join(self.backends)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backends": list(self.backends), "drift": list(self.drift), "in_sync": not self.drift,
+                "spec_checked": self.spec_checked, "tproxy_routing": self.tproxy_routing,
+                "passthrough_v6": self.passthrough_v6, "notes": list(self.notes)}
+
+
+# ------------------------------------------------------------------------------------ detection
+def detect_backend(netns: Netns, force: str = "") -> str:
+    """Istio's choice of iptables variant, without side effects.
+
+    `force` is FORCE_IPTABLES_BINARY (legacy|nft). Otherwise legacy only when it already holds
+    rules (its tables are read from /proc first: a legacy read of a missing table would create it),
+    else nft, else legacy if that is all there is.
+    """
+    legacy, nft = Xtables("legacy"), Xtables("nft")
+    if force:
+        chosen = {"legacy": legacy, "nft": nft}.get(force)
+        if chosen is None:
+            raise UsageError(f"invalid force-iptables-binary {force!r}: expected legacy or nft")
+        if not chosen.available():
+            raise ApplyError(f"{chosen.binary(4, 'restore')} not found (forced {force})")
+        return chosen.backend
+    if legacy.available() and _legacy_holds_rules(netns):
+        return LEGACY
+    if nft.available():
+        return NFT
+    if legacy.available():
+        return LEGACY
+    raise ApplyError("neither iptables-nft-restore nor iptables-legacy-restore is installed")
+
+
+def _legacy_holds_rules(netns: Netns) -> bool:
+    legacy = Xtables("legacy")
+    for fam in (4, 6):
+        if not legacy_tables(netns, fam):
+            continue
+        for line in legacy.save(netns, fam).splitlines():
+            body = line.split("]", 1)[1].strip() if line.startswith("[") else line
+            if body.startswith("-A ") or (body.startswith(":") and " - " in body):
+                return True
+    return False
+
+
+def _resolve(netns: Netns, backend: str) -> str:
+    if backend == "auto":
+        return detect_backend(netns)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: expected auto, {', '.join(BACKENDS)}")
+    return backend
+
+
+def spec_for_netns(spec: Spec, netns: Netns) -> Spec:
+    """Fill `enable_ipv6` the way Istio does, from the pod's own addresses."""
+    from meshnet.addresses import detect_ipv6, local_addresses
+
+    return spec.with_changes(enable_ipv6=detect_ipv6(local_addresses(netns), spec.dual_stack))
+
+
+# ------------------------------------------------------------------------------------ apply
+def apply_spec(netns: Netns, spec: Spec, *, backend: str = "auto", reconcile: bool = False,
+               force: bool = False) -> ApplyResult:
+    name = _resolve(netns, backend)
+    if name == NFTABLES:
+        return _apply_nft(netns, spec, reconcile, force)
+    return _apply_xtables(netns, spec, name, reconcile, force)
+
+
+def _xt_for(name: str) -> Xtables:
+    xt = Xtables("legacy" if name in (LEGACY, IPTC) else "nft")
+    if not xt.available():
+        raise ApplyError(f"{xt.binary(4, 'restore')} not found")
+    return xt
+
+
+def _xt_drift(plan: IptablesPlan, live_text: dict[Family, str]) -> tuple[bool, list[str]]:
+    """(residue, drift lines) per Istio's rules, over the families the plan writes."""
+    from meshnet.compare import diff_rulesets
+    from meshnet.parse.iptables_save import parse_save
+
+    residue = False
+    lines: list[str] = []
+    for fam, text in live_text.items():
+        live = parse_save(strip_counters(text), fam)
+        if live.istio_chains():
+            residue = True
+        lines.extend(diff_rulesets(plan.ruleset(fam), live).lines())
+    return residue, lines
+
+
+def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: bool) -> ApplyResult:
+    from meshnet.istio_builder import build_iptables
+
+    xt = _xt_for(name)
+    plan = build_iptables(spec)
+    live_text = {fam: xt.save(netns, fam) for fam in plan.families()}
+    residue, drift = _xt_drift(plan, live_text)
+    if not residue:
+        _write_xtables(netns, spec, plan, xt, name)
+        return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
+    if not drift and not force:
+        changes = _ensure_routing(netns, spec)
+        what = "; restored missing routing" if not changes.empty else ""
+        return ApplyResult(name, not changes.empty, f"already applied in {netns.label}: no change{what}")
+    if not reconcile:
+        raise _drift_error(netns, name, drift, force)
+    _reconcile_xtables(netns, spec, plan, xt, name, live_text)
+    return ApplyResult(name, True, f"reconciled {netns.label}: {len(drift)} difference(s) replaced by the spec")
+
+
+def _count(plan: IptablesPlan) -> int:
+    return sum(len(plan.ops(f)) for f in plan.families())
+
+
+def _drift_error(netns: Netns, name: str, drift: list[str], force: bool) -> ApplyError:
+    if not drift:
+        return ApplyError(f"{netns.label}: Istio chains already exist ({name}) and --force-apply cannot write "
+                          f"over them; use --reconcile to replace them")
+    shown = "; ".join(drift[:5]) + (f"; ... ({len(drift) - 5} more)" if len(drift) > 5 else "")
+    return ApplyError(f"{netns.label}: existing Istio rules ({name}) differ from the spec: {shown} "
+                      f"(use --reconcile to replace them, or meshnet cleanup)")
+
+
+def _ensure_routing(netns: Netns, spec: Spec) -> routing.Changes:
+    """Add the TPROXY routing / ::6 address the spec needs and the namespace lacks."""
+    changes = routing.Changes()
+    try:
+        if spec.enable_ipv6:
+            routing.add_passthrough_v6(netns, changes)
+        if spec.tproxy and spec.inbound_enabled:
+            routing.add_tproxy(netns, spec.tproxy_mark, spec.tproxy_route_table, spec.enable_ipv6, changes)
+    except BaseException:
+        routing.remove(netns, changes)
+        raise
+    return changes
+
+
+def _builtin_keys(rs: RuleSet) -> Counter[tuple[object, ...]]:
+    return Counter(r.key() for t in rs.tables.values() for c in t.chains.values() if c.name in BUILTIN_CHAINS
+                   for r in c.rules)
+
+
+def _write_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str) -> None:
+    """Routing, then v4, then v6; on any failure (even an interrupt) undo all of it."""
+    from meshnet.render.restore import render_family
+
+    changes = routing.Changes()
+    started: list[Family] = []
+    try:
+        changes = _ensure_routing(netns, spec)
+        for fam in plan.families():
+            started.append(fam)
+            if name == IPTC:
+                from meshnet.backends.iptc_backend import write_family
+
+                write_family(netns, fam, plan.ops(fam))
+            else:
+                xt.restore(netns, fam, render_family(plan, fam))
+    except BaseException as exc:
+        problems = _rollback_xtables(netns, xt, plan, started)
+        problems += _safely(lambda: routing.remove(netns, changes))
+        if problems and isinstance(exc, ApplyError):
+            raise ApplyError(f"{exc}; rollback incomplete ({'; '.join(problems)}): run meshnet cleanup") from None
+        raise
+
+
+def _safely(fn: Any) -> list[str]:
+    try:
+        fn()
+    except Exception as exc:  # rollback keeps going; the caller reports what is left
+        return [str(exc)]
+    return []
+
+
+def _rollback_xtables(netns: Netns, xt: Xtables, plan: IptablesPlan, families: list[Family]) -> list[str]:
+    """Remove exactly what this run may have committed (the namespace had no Istio chains before)."""
+    problems: list[str] = []
+    for fam in families:
+        def undo(fam: Family = fam) -> None:
+            removal = plan_removal(xt.save(netns, fam), fam, only=_builtin_keys(plan.ruleset(fam)))
+            _remove(netns, xt, fam, removal, prune={t: set(plan.ruleset(fam).chain_names(t)) & BUILTIN_CHAINS
+                                                     for t in plan.ruleset(fam).tables})
+        problems += _safely(undo)
+    return problems
+
+
+def _remove(netns: Netns, xt: Xtables, fam: Family, removal: Removal,
+            prune: dict[str, set[str] | None]) -> None:
+    if not removal.empty:
+        xt.restore(netns, fam, removal.restore_text())
+    if xt.variant == "nft" and prune:
+        from meshnet.backends.nft_prune import prune_empty
+
+        prune_empty(netns, fam, prune)
+
+
+def _guardrail_text(op: str) -> str:
+    lines = ["*filter"]
+    for chain in GUARDRAILS:
+        for proto in ("tcp", "udp"):
+            lines.append(f"-I {chain} 1 -p {proto} -j DROP" if op == "-I" else f"-D {chain} -p {proto} -j DROP")
+    return "\n".join([*lines, "COMMIT"]) + "\n"
+
+
+def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str,
+                       before: dict[Family, str]) -> None:
+    """Istio's reconcile: DROP guardrails first, clean, re-apply, guardrails off (always).
+
+    If re-applying fails, the tables are put back exactly as they were saved (with counters).
+    """
+    from meshnet.parse.iptables_save import parse_save
+
+    guarded: list[Family] = []
+    try:
+        for fam in plan.families():
+            xt.restore(netns, fam, _guardrail_text("-I"))
+            guarded.append(fam)
+        for fam in plan.families():
+            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam).restore_text() or "")
+        routing.remove_all_tproxy(netns)
+        try:
+            _write_xtables(netns, spec, plan, xt, name)
+        except BaseException:
+            for fam in plan.families():
+                tables = set(plan.ruleset(fam).tables) | set(parse_save(strip_counters(before[fam]), fam).tables)
+                _safely(lambda fam=fam, tables=tables: _restore_tables(netns, xt, fam, before[fam], tables))
+            raise
+    finally:
+        for fam in guarded:  # a whole-table restore above may already have removed them
+            _safely(lambda fam=fam: xt.restore(netns, fam, _guardrail_text("-D")))
+        if xt.variant == "nft" and "*filter" not in "".join(before.values()):
+            from meshnet.backends.nft_prune import prune_empty
+
+            for fam in guarded:
+                prune_empty(netns, fam, {"filter": set(GUARDRAILS)})
+
+
+def _restore_tables(netns: Netns, xt: Xtables, fam: Family, saved: str, tables: set[str]) -> None:
+    """Put whole tables back from save text (no --noflush: each listed table is replaced)."""
+    keep: list[str] = []
+    current = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        if current in tables and not line.startswith("#"):
+            keep.append(line)
+        if line == "COMMIT":
+            current = ""
+    if keep:
+        xt.restore(netns, fam, "\n".join(keep) + "\n", noflush=False, counters=True)
+
+
+# ------------------------------------------------------------------------------------ nftables
+def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyResult:
+    from meshnet.backends import nftables
+    from meshnet.nft_builder import build_nft
+    from meshnet.render.nft import render_nft
+
+    plan = build_nft(spec)
+    present = nftables.live(netns)
+    text = render_nft(plan)
+    if not present.empty:
+        drift = nftables.drift(plan, present)
+        if not drift and not force:
+            changes = _ensure_routing(netns, spec)
+            what = "; restored missing routing" if not changes.empty else ""
+            return ApplyResult(NFTABLES, not changes.empty, f"already applied in {netns.label}: no change{what}")
+        if not reconcile and drift:
+            raise _drift_error(netns, NFTABLES, drift, force)
+        # Old tables out and new ones in, in the same transaction: no window to guard.
+        text = nftables.cleanup_text(present) + text
+        routing.remove_all_tproxy(netns)
+    changes = routing.Changes()
+    try:
+        changes = _ensure_routing(netns, spec)
+        nftables.transaction(netns, text)
+    except BaseException:
+        routing.remove(netns, changes)
+        raise
+    verb = "replaced" if not present.empty else "applied"
+    return ApplyResult(NFTABLES, True, f"{verb} {len(plan.ops)} nft rules in {netns.label} (one transaction)")
+
+
+# ------------------------------------------------------------------------------------ cleanup
+def cleanup(netns: Netns, *, backend: str = "all") -> CleanupResult:
+    """Remove everything meshnet or Istio installed, whatever the config was."""
+    if backend != "all" and backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: expected all, {', '.join(BACKENDS)}")
+    wanted = set(BACKENDS) if backend == "all" else {backend}
+    cleaned: list[str] = []
+    removed: list[str] = []
+    variants = []
+    if wanted & {LEGACY, IPTC}:
+        variants.append(Xtables("legacy"))
+    if NFT in wanted:
+        variants.append(Xtables("nft"))
+    for xt in variants:
+        if not xt.available():
+            continue
+        for fam in (4, 6):
+            if xt.variant == "legacy" and not legacy_tables(netns, fam):
+                continue
+            removal = plan_removal(xt.save(netns, fam), fam)
+            if removal.empty:
+                continue
+            _remove(netns, xt, fam, removal, prune={t: None for t in removal.tables()})
+            tool = xt.binary(fam, "")
+            removed += [f"{tool} -t {t} {line}" for t in removal.tables() for line in removal.lines(t)]
+            if xt.backend not in cleaned:
+                cleaned.append(xt.backend)
+    if NFTABLES in wanted:
+        from meshnet.backends import nftables
+
+        present = nftables.live(netns)
+        if not present.empty:
+            text = nftables.cleanup_text(present)
+            nftables.transaction(netns, text)
+            removed += [line for line in text.splitlines() if line.startswith("delete")]
+            cleaned.append(NFTABLES)
+    if backend == "all":
+        n = routing.remove_all_tproxy(netns)
+        removed += [f"ip rule fwmark ... lookup (TPROXY) x{n}"] if n else []
+        if routing.del_passthrough_v6(netns):
+            removed.append("ip -6 addr del ::6/128 dev lo")
+    msg = f"removed {len(removed)} item(s) from {netns.label}" if removed else f"nothing to remove in {netns.label}"
+    return CleanupResult(tuple(cleaned), tuple(removed), msg)
+
+
+# ------------------------------------------------------------------------------------ status
+def status(netns: Netns, spec: Spec | None = None) -> Status:
+    from meshnet.parse.iptables_save import parse_save
+
+    holders: list[str] = []
+    saves: dict[str, dict[Family, str]] = {}
+    for xt in (Xtables("legacy"), Xtables("nft")):
+        if not xt.available():
+            continue
+        texts: dict[Family, str] = {fam: xt.save(netns, fam) for fam in (4, 6)}
+        saves[xt.backend] = texts
+        if any(parse_save(strip_counters(t), f).istio_chains() for f, t in texts.items()):
+            holders.append(xt.backend)
+    from meshnet.backends import nftables
+
+    present = nftables.live(netns)
+    if not present.empty:
+        holders.append(NFTABLES)
+    drift: list[str] = []
+    notes: list[str] = []
+    if len(holders) > 1:
+        notes.append(f"Istio rules are installed by several backends at once: {', '.join(holders)}")
+    tproxy = routing.tproxy_present(netns) if spec is None else routing.tproxy_present(
+        netns, spec.tproxy_mark, spec.tproxy_route_table, spec.enable_ipv6)
+    passthrough = routing.has_passthrough_v6(netns)
+    if spec is not None:
+        drift = _status_drift(spec, holders, saves, present)
+        if spec.tproxy and spec.inbound_enabled and not tproxy:
+            drift.append(f"~ TPROXY routing missing: ip rule fwmark {spec.tproxy_mark} lookup "
+                         f"{spec.tproxy_route_table} / local default dev lo")
+        if spec.enable_ipv6 and not passthrough:
+            drift.append("~ ::6/128 missing on lo")
+    return Status(tuple(holders), tuple(drift), tproxy, passthrough, spec is not None, tuple(notes))
+
+
+def _status_drift(spec: Spec, holders: list[str], saves: dict[str, dict[Family, str]], present: Any) -> list[str]:
+    if not holders:
+        return ["~ no Istio rules installed"]
+    if holders == [NFTABLES]:
+        from meshnet.backends import nftables
+        from meshnet.nft_builder import build_nft
+
+        return nftables.drift(build_nft(spec), present)
+    from meshnet.istio_builder import build_iptables
+
+    plan = build_iptables(spec)
+    lines: list[str] = []
+    for holder in holders:
+        if holder == NFTABLES:
+            lines.append("+ nft: Istio tables present as well as iptables rules")
+            continue
+        texts = saves[holder]
+        lines.extend(_xt_drift(plan, {f: texts[f] for f in plan.families()})[1])
+    return lines

@@ -1,0 +1,39 @@
+"""The `iptc` backend: python-iptables (libiptc, legacy only), in a dedicated worker process.
+
+python-iptables keeps one process-wide table handle per table name, bound to the namespace where
+it was first opened, and is not thread-safe (python-deps.md: rules landed in the wrong namespace,
+bus errors). So each write runs `python -m meshnet.backends.iptc_worker` under nsenter: a fresh
+process that lives entirely inside the target namespace, writes one family, and exits. Reading,
+rollback and cleanup use iptables-legacy-save/-restore like the legacy backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from meshnet.errors import ApplyError
+from meshnet.model import Family, Op
+from meshnet.netns import Netns, NetnsError
+
+TIMEOUT_SECONDS = 60.0
+
+
+def ops_payload(family: Family, ops: Sequence[Op]) -> str:
+    return json.dumps({"family": family, "ops": [
+        {"table": op.rule.table, "chain": op.rule.chain, "position": op.position,
+         "matches": [[m.kind, m.value, m.negated] for m in op.rule.matches],
+         "target": [op.rule.target.name, *op.rule.target.args]} for op in ops]})
+
+
+def write_family(netns: Netns, family: Family, ops: Sequence[Op]) -> None:
+    argv = [sys.executable, "-m", "meshnet.backends.iptc_worker"]
+    try:
+        cp = netns.run(argv, input=ops_payload(family, ops), timeout=TIMEOUT_SECONDS, check=False)
+    except NetnsError as exc:
+        raise ApplyError(str(exc)) from None
+    if cp.returncode != 0:
+        lines = [ln.strip() for ln in cp.stderr.splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit {cp.returncode}"
+        raise ApplyError(f"[{netns.label}] iptc worker (IPv{family}): {detail}")

@@ -1,0 +1,168 @@
+"""TPROXY policy routing and the IPv6 inbound-passthrough address, as Istio sets them up.
+
+* `ip rule add fwmark MARK lookup TABLE` + `ip route add local 0.0.0.0/0 dev lo table TABLE`
+  (and `::/0` for IPv6) through pyroute2 bound to the namespace. pyroute2 does not pick the
+  scope iproute2 would: a local route needs scope host explicitly.
+* `::6/128` on lo for IPv6 pods (the IPv6 twin of 127.0.0.6). This uses `ip` rather than
+  pyroute2 so the common REDIRECT path does not pay pyroute2's ~140 ms import.
+
+Every add is recorded in a `Changes` so a failed apply can remove exactly what it added.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnet.errors import ApplyError
+from meshnet.netns import Netns, NetnsError
+
+PASSTHROUGH_V6 = "::6"
+RT_SCOPE_HOST = 254
+RTN_LOCAL = 2
+_DEFAULT = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
+
+
+@dataclass
+class Changes:
+    """What this run added (so that rollback removes exactly that)."""
+
+    rules: list[tuple[int, int, int]] = field(default_factory=list)  # (family, mark, table)
+    routes: list[tuple[int, int]] = field(default_factory=list)  # (family, table)
+    passthrough_v6: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rules or self.routes or self.passthrough_v6)
+
+
+def _families(ipv6: bool) -> tuple[int, ...]:
+    return (socket.AF_INET, socket.AF_INET6) if ipv6 else (socket.AF_INET,)
+
+
+def _lo_index(ipr: Any) -> int:
+    found = ipr.link_lookup(ifname="lo")
+    if not found:
+        raise ApplyError("no loopback interface in the namespace")
+    return int(found[0])
+
+
+def _has_rule(ipr: Any, family: int, mark: int, table: int) -> bool:
+    for rule in ipr.get_rules(family=family):
+        if rule.get_attr("FRA_FWMARK") == mark and (rule.get_attr("FRA_TABLE") or rule["table"]) == table:
+            return True
+    return False
+
+
+def _local_default(ipr: Any, family: int, table: int, lo: int) -> list[Any]:
+    return [r for r in ipr.get_routes(family=family, table=table)
+            if r["type"] == RTN_LOCAL and r["dst_len"] == 0 and r.get_attr("RTA_OIF") == lo]
+
+
+def add_tproxy(netns: Netns, mark: int, table: int, ipv6: bool, changes: Changes) -> None:
+    """Add the policy rule and local route per family, skipping those already present."""
+    try:
+        with netns.ipr() as ipr:
+            lo = _lo_index(ipr)
+            for fam in _families(ipv6):
+                if not _local_default(ipr, fam, table, lo):
+                    ipr.route("add", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
+                              scope=RT_SCOPE_HOST)
+                    changes.routes.append((fam, table))
+                if not _has_rule(ipr, fam, mark, table):
+                    ipr.rule("add", family=fam, fwmark=mark, table=table)
+                    changes.rules.append((fam, mark, table))
+    except (OSError, NetnsError) as exc:
+        raise ApplyError(f"[{netns.label}] TPROXY routing (fwmark {mark} lookup {table}): {exc}") from None
+
+
+def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = None, ipv6: bool = False) -> bool:
+    """True when (some, or the given) fwmark rule leads to a table whose default is local via lo."""
+    with netns.ipr() as ipr:
+        lo = _lo_index(ipr)
+        for fam in _families(ipv6):
+            found = [(m, t) for m, t in _fwmark_rules(ipr, fam)
+                     if (mark is None or m == mark) and (table is None or t == table)
+                     and _local_default(ipr, fam, t, lo)]
+            if not found:
+                return False
+    return True
+
+
+def _fwmark_rules(ipr: Any, family: int) -> list[tuple[int, int]]:
+    out = []
+    for rule in ipr.get_rules(family=family):
+        mark = rule.get_attr("FRA_FWMARK")
+        if mark is not None:
+            out.append((int(mark), int(rule.get_attr("FRA_TABLE") or rule["table"])))
+    return out
+
+
+def remove(netns: Netns, changes: Changes) -> None:
+    """Undo `changes` (rollback). Missing entries are fine: the goal is their absence."""
+    if changes.rules or changes.routes:
+        with netns.ipr() as ipr:
+            lo = _lo_index(ipr)
+            for fam, mark, table in reversed(changes.rules):
+                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table)
+            for fam, table in reversed(changes.routes):
+                _quiet(ipr.route, "del", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
+                       scope=RT_SCOPE_HOST)
+    if changes.passthrough_v6:
+        del_passthrough_v6(netns)
+
+
+def remove_all_tproxy(netns: Netns) -> int:
+    """Config-independent cleanup: every fwmark rule whose table holds only `local default dev lo`.
+
+    Returns how many rules were removed (their routes go too).
+    """
+    removed = 0
+    with netns.ipr() as ipr:
+        lo = _lo_index(ipr)
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for mark, table in _fwmark_rules(ipr, fam):
+                routes = ipr.get_routes(family=fam, table=table)
+                local = _local_default(ipr, fam, table, lo)
+                if not local or len(routes) != len(local):
+                    continue
+                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table)
+                if not any(t == table for _, t in _fwmark_rules(ipr, fam)):
+                    _quiet(ipr.route, "del", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
+                           scope=RT_SCOPE_HOST)
+                removed += 1
+    return removed
+
+
+def _quiet(fn: Any, *args: Any, **kw: Any) -> None:
+    try:
+        fn(*args, **kw)
+    except OSError:
+        pass  # already gone
+
+
+def has_passthrough_v6(netns: Netns) -> bool:
+    try:
+        text = netns.read_proc_net("if_inet6")
+    except FileNotFoundError:
+        return False  # IPv6 disabled
+    rows = (line.split() for line in text.splitlines())
+    return any(len(f) >= 6 and f[-1] == "lo" and int(f[0], 16) == 6 for f in rows)
+
+
+def add_passthrough_v6(netns: Netns, changes: Changes) -> None:
+    if has_passthrough_v6(netns):
+        return
+    try:
+        netns.run(["ip", "-6", "addr", "add", f"{PASSTHROUGH_V6}/128", "dev", "lo"], timeout=30)
+    except NetnsError as exc:
+        raise ApplyError(f"cannot add {PASSTHROUGH_V6}/128 to lo: {exc}") from None
+    changes.passthrough_v6 = True
+
+
+def del_passthrough_v6(netns: Netns) -> bool:
+    if not has_passthrough_v6(netns):
+        return False
+    netns.run(["ip", "-6", "addr", "del", f"{PASSTHROUGH_V6}/128", "dev", "lo"], check=False, timeout=30)
+    return True
