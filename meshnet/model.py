@@ -8,7 +8,9 @@ explain walks one value.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,6 +62,14 @@ class Match:
             try:
                 return Match(self.kind, ipaddress.ip_network(self.value, strict=False).with_prefixlen, self.negated)
             except ValueError:
+                return self
+        if self.kind in ("uid", "gid") and not self.value.isdigit():
+            # The kernel stores ids: iptables-save prints `--gid-owner 0` for `--gid-owner root`.
+            try:
+                if self.kind == "uid":
+                    return Match(self.kind, str(pwd.getpwnam(self.value).pw_uid), self.negated)
+                return Match(self.kind, str(grp.getgrnam(self.value).gr_gid), self.negated)
+            except KeyError:
                 return self
         if self.kind in ("src", "dst"):
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from meshnet.nft_model import NftOp, NftPlan, NftRule
@@ -13,6 +14,23 @@ PASSTHROUGH = {4: "127.0.0.6/32", 6: "::6/128"}
 L4TCP = "meta l4proto tcp"
 OUTBOUND_MARK = 1338
 VersionedMatches = Callable[[int], tuple[str, ...]]
+_PLAIN_IFACE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_DIGIT_KEYWORDS = frozenset({"ip6", "icmpv6", "ip6ext", "ipv4", "ipv6", "inet6", "u32", "s32"})
+
+
+def nft_iface(name: str) -> str:
+    """An interface name as nft can read it.
+
+    Istio writes names bare (`iifname eth0`), which nft mis-parses when the name is a keyword
+    (`iifname ct`). Bare words with a digit or a dash cannot be keywords (bar a few listed), so
+    they stay bare and Istio's output is kept byte for byte; anything else is quoted. The
+    iptables wildcard `eth+` is nft's `"eth*"`.
+    """
+    if name.endswith("+"):
+        return f'"{name[:-1]}*"'
+    if name == "lo" or (_PLAIN_IFACE.match(name) and re.search(r"[0-9-]", name) and name not in _DIGIT_KEYWORDS):
+        return name
+    return f'"{name}"'
 
 
 class _Emitter:
@@ -40,14 +58,14 @@ def build_nft(spec: Spec) -> NftPlan:
     mark = str(spec.tproxy_mark)
 
     for nic in spec.exclude_interfaces:
-        e.add(NAT, "prerouting", (f"iifname {nic}",), "return")
-        e.add(NAT, "output", (f"oifname {nic}",), "return")
+        e.add(NAT, "prerouting", (f"iifname {nft_iface(nic)}",), "return")
+        e.add(NAT, "output", (f"oifname {nft_iface(nic)}",), "return")
     if spec.tproxy:
         for nic in spec.exclude_interfaces:
-            e.add(MANGLE, "prerouting", (f"iifname {nic}",), "return")
-            e.add(MANGLE, "output", (f"oifname {nic}",), "return")
+            e.add(MANGLE, "prerouting", (f"iifname {nft_iface(nic)}",), "return")
+            e.add(MANGLE, "output", (f"oifname {nft_iface(nic)}",), "return")
     for nic in spec.kube_virt_interfaces:
-        e.add(NAT, "prerouting", (f"iifname {nic}",), "return", index=0)
+        e.add(NAT, "prerouting", (f"iifname {nft_iface(nic)}",), "return", index=0)
     if spec.drop_invalid:
         e.add(MANGLE, "prerouting", (L4TCP, "ct state invalid"), "jump istio-drop")
         e.add(MANGLE, "istio-drop", (), "drop")
@@ -119,13 +137,13 @@ def build_nft(spec: Spec) -> NftPlan:
     if spec.outbound_cidrs_wildcard:
         e.add(NAT, "istio-output", (), "jump istio-redirect")
         for nic in spec.kube_virt_interfaces:
-            e.add(NAT, "prerouting", (f"iifname {nic}",), "jump istio-redirect", index=0)
+            e.add(NAT, "prerouting", (f"iifname {nft_iface(nic)}",), "jump istio-redirect", index=0)
     else:
         for fam, cidrs in ((4, cidrs_v4(spec.outbound_include_cidrs)), (6, cidrs_v6(spec.outbound_include_cidrs))):
             for cidr in cidrs:
                 for nic in spec.kube_virt_interfaces:
-                    e.add(NAT, "prerouting", (f"iifname {nic}", f"{IP[fam]} daddr {cidr}"), "jump istio-redirect",
-                          family=fam, index=0)
+                    e.add(NAT, "prerouting", (f"iifname {nft_iface(nic)}", f"{IP[fam]} daddr {cidr}"),
+                          "jump istio-redirect", family=fam, index=0)
                 e.add(NAT, "istio-output", (f"{IP[fam]} daddr {cidr}",), "jump istio-redirect", family=fam)
 
     if spec.tproxy:
