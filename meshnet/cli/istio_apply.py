@@ -1,10 +1,14 @@
-"""The non-dry-run half of `meshnet istio-iptables` (filled in by the applier)."""
+"""The non-dry-run half of `meshnet istio-iptables`: apply, clean up and/or validate, like istio-init.
+
+Exit codes as Istio: 0, 1 (any failure, one line on stderr), 126 (validation failed). Only the
+applier's light modules are imported here: no click, no yaml, no iptc, and pyroute2 only when
+TPROXY routing is actually written.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
-
-from meshnet.errors import ApplyError
 
 if TYPE_CHECKING:
     from meshnet.istio_flags import RunOptions
@@ -12,5 +16,36 @@ if TYPE_CHECKING:
     from meshnet.spec import Spec
 
 
+def _backend(opts: RunOptions, netns: Netns) -> str:
+    if opts.native_nftables:
+        return "nftables"
+    from meshnet.applier import detect_backend
+
+    return detect_backend(netns, force=opts.force_iptables_binary)
+
+
 def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None) -> int:
-    raise ApplyError("applier not available yet: use -n/--dry-run to print the rules")
+    from meshnet.netns import Netns
+
+    target = netns if netns is not None else Netns.resolve()
+    if opts.cleanup_only:
+        from meshnet.applier import cleanup
+
+        sys.stdout.write(cleanup(target).message + "\n")
+        return 0
+    if not opts.skip_rule_apply:
+        from meshnet.applier import apply_spec
+
+        result = apply_spec(target, spec, backend=_backend(opts, target), reconcile=opts.reconcile,
+                            force=opts.force_apply)
+        sys.stdout.write(result.message + "\n")
+    if opts.run_validation:
+        from meshnet.addresses import detect_ipv6, local_addresses
+        from meshnet.validation import validate
+
+        # Istio validates over the host IP's family: IPv6 only when the pod has no usable IPv4.
+        ipv6 = detect_ipv6(local_addresses(target), dual_stack=False)
+        uid = int(spec.proxy_uids[0]) if spec.proxy_uids[0].isdigit() else 1337
+        sys.stdout.write(validate(target, probe_port=opts.probe_port, timeout=opts.probe_timeout, ipv6=ipv6,
+                                  uid=uid) + "\n")
+    return 0
