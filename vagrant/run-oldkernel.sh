@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run the five-tuple collision reproduction on Debian 12's 6.1 kernel in a throwaway qemu VM
+# (../shared/tools/oldkernel-vm), where the second connection hangs: the real "503 UF".
+# Usage: vagrant/run-oldkernel.sh [KABI]   e.g. KABI=6.12.117+deb12-amd64 for a fixed kernel.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+vmtool="$root/../shared/tools/oldkernel-vm/run-vm.sh"
+[ -x "$vmtool" ] || { echo "run-oldkernel: $vmtool not found" >&2; exit 2; }
+payload=$(mktemp -d)
+trap 'rm -rf "$payload"' EXIT
+mkdir -p "$payload/meshnet"
+# Only the stdlib parts are needed inside the VM: the repro script and meshnet's pure-python modules.
+cp -r "$root/meshnet" "$root/probes" "$root/vagrant/collision-repro.sh" "$payload/meshnet/"
+KABI=${1:-${KABI:-6.1.0-56-amd64}} "$vmtool" "$payload" "bash /payload/meshnet/collision-repro.sh"
