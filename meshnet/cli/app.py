@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import click
 
+from meshnet.cli.apply_cmd import apply_cmd
+from meshnet.cli.cleanup_cmd import cleanup_cmd
 from meshnet.cli.cni_cmd import cni_cmd
 from meshnet.cli.render_cmd import render_cmd
+from meshnet.cli.status_cmd import status_cmd
+from meshnet.cli.validate_cmd import validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +30,7 @@ def istio_iptables_cmd(ctx: click.Context) -> None:
 
 cli.add_command(render_cmd)
 cli.add_command(cni_cmd)
+cli.add_command(apply_cmd)
+cli.add_command(cleanup_cmd)
+cli.add_command(status_cmd)
+cli.add_command(validate_cmd)

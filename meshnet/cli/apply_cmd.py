@@ -1,0 +1,143 @@
+"""`meshnet apply`: program a pod namespace from istio-iptables flags or a spec file.
+
+Also home of the target/spec argument handling that `meshnet status` shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from meshnet.cli.errors import guarded
+from meshnet.errors import UsageError
+
+if TYPE_CHECKING:
+    from meshnet.istio_flags import RunOptions
+    from meshnet.netns import Netns
+    from meshnet.spec import Spec
+
+BACKEND_CHOICES = ("auto", "iptables-legacy", "iptables-nft", "nftables", "iptc")
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--netns", default=None, metavar="NAME|PATH", help="network namespace name or nsfs path")
+    parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
+
+
+def resolve_target(ns: argparse.Namespace, network_namespace: str = "") -> Netns:
+    """Exactly one explicit target: these commands never default to the caller's own namespace."""
+    from meshnet.netns import Netns
+
+    given = [v for v in (ns.netns, network_namespace or None) if v]
+    if len(given) > 1 and given[0] != given[1]:
+        raise UsageError("give the namespace once (--netns or --network-namespace)")
+    if given and ns.pid is not None:
+        raise UsageError("give either --netns or --pid, not both")
+    if not given and ns.pid is None:
+        raise UsageError("missing target: --netns NAME|PATH or --pid PID")
+    return Netns.resolve(netns=given[0] if given else None, pid=ns.pid)
+
+
+def spec_parser(prog: str) -> argparse.ArgumentParser:
+    from meshnet import istio_flags
+
+    parser = istio_flags.make_parser(prog)
+    add_target_args(parser)
+    parser.add_argument("-f", "--spec-file", default=None, help="spec YAML instead of istio flags")
+    parser.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where DNS servers are read from")
+    return parser
+
+
+def istio_flags_given(ns: argparse.Namespace) -> bool:
+    from meshnet import istio_flags
+
+    run_flags = {"dry-run", "reconcile", "force-apply", "network-namespace", "native-nftables",
+                 "force-iptables-binary", "cleanup-only", "skip-rule-apply", "run-validation", "probe-timeout",
+                 "iptables-probe-port", "cni-mode"}
+    return any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS
+               if f.long not in run_flags)
+
+
+def spec_and_options(ns: argparse.Namespace, netns: Netns) -> tuple[Spec, RunOptions]:
+    """Spec from -f YAML or istio flags (+ env, as istio-iptables), IPv6 detected in the target."""
+    from meshnet import istio_flags
+    from meshnet.applier import spec_for_netns
+
+    values = istio_flags.values_from(ns, os.environ)
+    opts = istio_flags.run_options_from_values(values)
+    if ns.spec_file:
+        from meshnet.spec_yaml import load_spec_file
+
+        if istio_flags_given(ns):
+            raise UsageError("-f/--spec-file cannot be combined with istio flags")
+        spec = load_spec_file(ns.spec_file)
+    else:
+        from meshnet.resolvconf import read_nameservers
+
+        servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        if istio_flags.needs_resolv_conf(values):
+            servers = read_nameservers(ns.resolv_conf)
+        spec = istio_flags.spec_from_values(values, os.environ, dns_servers=servers)
+    return spec_for_netns(spec, netns), opts
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = spec_parser("meshnet apply")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    return parser
+
+
+def _backend(requested: str, opts: RunOptions, netns: Netns) -> str:
+    if opts.native_nftables:
+        if requested not in ("auto", "nftables"):
+            raise UsageError(f"--native-nftables contradicts --backend {requested}")
+        return "nftables"
+    if opts.force_iptables_binary:
+        if requested != "auto":
+            raise UsageError("--force-iptables-binary cannot be combined with --backend")
+        from meshnet.applier import detect_backend
+
+        return detect_backend(netns, force=opts.force_iptables_binary)
+    return requested
+
+
+def run(argv: list[str]) -> int:
+    ns = _parser().parse_args(argv)
+    netns = resolve_target(ns)
+    spec, opts = spec_and_options(ns, netns)
+    backend = _backend(ns.backend, opts, netns)
+    if opts.dry_run:
+        return _dry_run(spec, backend, netns)
+    from meshnet.applier import apply_spec
+
+    result = apply_spec(netns, spec, backend=backend, reconcile=opts.reconcile, force=opts.force_apply)
+    sys.stdout.write(f"{result.message}\n")
+    return 0
+
+
+def _dry_run(spec: Spec, backend: str, netns: Netns) -> int:
+    from meshnet.applier import detect_backend
+    from meshnet.cli.render_cmd import render_text
+
+    chosen = detect_backend(netns) if backend == "auto" else backend  # side-effect free
+    sys.stdout.write(f"# backend: {chosen}, namespace: {netns.label}, ipv6: {str(spec.enable_ipv6).lower()}\n")
+    sys.stdout.write(render_text(spec, "nft" if chosen == "nftables" else "restore"))
+    return 0
+
+
+@click.command("apply", context_settings=PASS_THROUGH, add_help_option=False)
+@click.pass_context
+def apply_cmd(ctx: click.Context) -> None:
+    """Apply Istio interception rules to a namespace: --netns NAME|PATH or --pid PID, istio flags or -f SPEC.
+
+    Options: --backend auto|iptables-legacy|iptables-nft|nftables|iptc, --reconcile, --dry-run, --force-apply.
+    """
+    if "--help" in ctx.args or "-h" in ctx.args:
+        _parser().print_help()
+        ctx.exit(0)
+    ctx.exit(guarded(lambda: run(list(ctx.args))))

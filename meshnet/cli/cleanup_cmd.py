@@ -1,0 +1,49 @@
+"""`meshnet cleanup`: remove every trace of Istio/meshnet interception from a namespace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import click
+
+from meshnet.cli.errors import guarded
+
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+CHOICES = ("all", "iptables-legacy", "iptables-nft", "nftables", "iptc")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from meshnet.cli.apply_cmd import add_target_args
+    from meshnet.istio_flags import _Parser
+
+    parser = _Parser(prog="meshnet cleanup", allow_abbrev=False)
+    add_target_args(parser)
+    parser.add_argument("--backend", default="all", choices=CHOICES,
+                        help="only this backend's rules (default all, which also removes TPROXY routing and ::6)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    from meshnet.applier import cleanup
+    from meshnet.cli.apply_cmd import resolve_target
+
+    ns = _parser().parse_args(argv)
+    result = cleanup(resolve_target(ns), backend=ns.backend)
+    if not ns.quiet:
+        for line in result.removed:
+            sys.stdout.write(f"  {line}\n")
+    sys.stdout.write(f"{result.message}\n")
+    return 0
+
+
+@click.command("cleanup", context_settings=PASS_THROUGH, add_help_option=False)
+@click.pass_context
+def cleanup_cmd(ctx: click.Context) -> None:
+    """Remove ISTIO_* chains and jumps (every table, both families, legacy and nft), Istio's nft tables,
+    TPROXY routing and ::6: --netns NAME|PATH or --pid PID [--backend ...]."""
+    if "--help" in ctx.args or "-h" in ctx.args:
+        _parser().print_help()
+        ctx.exit(0)
+    ctx.exit(guarded(lambda: run(list(ctx.args))))

@@ -1,0 +1,54 @@
+"""`meshnet status`: which backend holds Istio rules, drift against a spec, TPROXY routing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import click
+
+from meshnet.cli.errors import guarded
+
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from meshnet.cli.apply_cmd import spec_parser
+
+    parser = spec_parser("meshnet status")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    from meshnet.applier import status
+    from meshnet.cli.apply_cmd import istio_flags_given, resolve_target, spec_and_options
+
+    ns = _parser().parse_args(argv)
+    netns = resolve_target(ns)
+    spec = spec_and_options(ns, netns)[0] if (ns.spec_file or istio_flags_given(ns)) else None
+    st = status(netns, spec)
+    if ns.json:
+        sys.stdout.write(json.dumps({"namespace": netns.label, **st.to_dict()}, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(f"namespace:      {netns.label}\n")
+        sys.stdout.write(f"backend:        {', '.join(st.backends) or 'none (no Istio rules)'}\n")
+        if spec is not None:
+            sys.stdout.write(f"spec:           {'in sync' if not st.drift else f'{len(st.drift)} difference(s)'}\n")
+        sys.stdout.write(f"tproxy routing: {'present' if st.tproxy_routing else 'absent'}\n")
+        sys.stdout.write(f"::6 on lo:      {'present' if st.passthrough_v6 else 'absent'}\n")
+        for line in (*st.notes, *st.drift):
+            sys.stdout.write(f"  {line}\n")
+    return 1 if st.drift else 0
+
+
+@click.command("status", context_settings=PASS_THROUGH, add_help_option=False)
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """Show the interception state of --netns NAME|PATH or --pid PID; with istio flags or -f SPEC, compare
+    it to that spec (exit 1 on drift). --json for machines."""
+    if "--help" in ctx.args or "-h" in ctx.args:
+        _parser().print_help()
+        ctx.exit(0)
+    ctx.exit(guarded(lambda: run(list(ctx.args))))
