@@ -1,0 +1,45 @@
+"""`meshnet explain PACKET`: the path a packet takes through a pod's live rules, and its verdict."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from meshnet.cli.errors import guarded
+
+
+def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
+    from meshnet.errors import UsageError
+    from meshnet.explain import explain_live
+    from meshnet.explain_packet import parse_packet
+    from meshnet.netns import Netns
+
+    packet = parse_packet(packet_text)
+    if netns_name is None and pid is None:
+        raise UsageError("give the pod's namespace: --netns NAME|PATH or --pid PID")
+    netns = Netns.resolve(netns=netns_name, pid=pid)
+    results = explain_live(netns, packet)
+    if as_json:
+        sys.stdout.write(json.dumps({"netns": netns.label, "results": [r.to_dict() for r in results]}, indent=2)
+                         + "\n")
+    else:
+        for r in results:
+            sys.stdout.write("\n".join(r.lines()) + "\n")
+    # Exit 0 for any known verdict; 1 when it cannot be known (unsupported rules, unreadable state).
+    return 1 if any(r.verdict is None or r.verdict.kind == "uncertain" for r in results) else 0
+
+
+@click.command("explain")
+@click.argument("packet")
+@click.option("--netns", "netns_name", default=None, metavar="NAME|PATH", help="pod network namespace")
+@click.option("--pid", default=None, type=int, help="a process in the pod")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def explain_cmd(packet: str, netns_name: str | None, pid: int | None, as_json: bool) -> None:
+    """Follow PACKET through the pod's live rules, e.g.
+
+    'tcp 10.0.0.5:41000 -> 10.96.0.10:80 out uid=1000' or 'tcp 10.1.1.1:5000 -> 10.0.0.5:8080 in iface=eth0'.
+    Options in PACKET: uid= gid= iface= oif= state=NEW|ESTABLISHED|RELATED|INVALID mark= ctmark=.
+    """
+    sys.exit(guarded(lambda: run_explain(packet, netns_name, pid, as_json), prog="meshnet explain"))
