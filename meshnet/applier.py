@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
-from meshnet.backends.xt_cleanup import Removal, plan_removal
+from meshnet.backends.xt_cleanup import Removal, builtin_keys, plan_removal
 from meshnet.backends.xtables import Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
-from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan, RuleSet
+from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
 from meshnet.netns import Netns
 from meshnet.spec import Spec
 
@@ -161,7 +161,7 @@ def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: 
     live_text = {fam: xt.save(netns, fam) for fam in plan.families()}
     residue, drift = _xt_drift(plan, live_text)
     if not residue:
-        _write_xtables(netns, spec, plan, xt, name)
+        _write_xtables(netns, spec, plan, xt, name, live_text)
         return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
     if not drift and not force:
         changes = _ensure_routing(netns, spec)
@@ -200,13 +200,13 @@ def _ensure_routing(netns: Netns, spec: Spec) -> routing.Changes:
     return changes
 
 
-def _builtin_keys(rs: RuleSet) -> Counter[tuple[object, ...]]:
-    return Counter(r.key() for t in rs.tables.values() for c in t.chains.values() if c.name in BUILTIN_CHAINS
-                   for r in c.rules)
+def _write_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str,
+                   before: dict[Family, str]) -> None:
+    """Routing, then v4, then v6; on any failure (even an interrupt) undo all of it.
 
-
-def _write_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str) -> None:
-    """Routing, then v4, then v6; on any failure (even an interrupt) undo all of it."""
+    `before` is each family's save output from just before: rollback removes only the rules that
+    are there now and were not then.
+    """
     from meshnet.render.restore import render_family
 
     changes = routing.Changes()
@@ -222,7 +222,7 @@ def _write_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, na
             else:
                 xt.restore(netns, fam, render_family(plan, fam))
     except BaseException as exc:
-        problems = _rollback_xtables(netns, xt, plan, started)
+        problems = _rollback_xtables(netns, xt, plan, started, before)
         problems += _safely(lambda: routing.remove(netns, changes))
         if problems and isinstance(exc, ApplyError):
             raise ApplyError(f"{exc}; rollback incomplete ({'; '.join(problems)}): run meshnet cleanup") from None
@@ -237,14 +237,20 @@ def _safely(fn: Any) -> list[str]:
     return []
 
 
-def _rollback_xtables(netns: Netns, xt: Xtables, plan: IptablesPlan, families: list[Family]) -> list[str]:
-    """Remove exactly what this run may have committed (the namespace had no Istio chains before)."""
+def _rollback_xtables(netns: Netns, xt: Xtables, plan: IptablesPlan, families: list[Family],
+                      before: dict[Family, str]) -> list[str]:
+    """Remove what this run committed (the namespace had no Istio chains before it)."""
     problems: list[str] = []
     for fam in families:
         def undo(fam: Family = fam) -> None:
-            removal = plan_removal(xt.save(netns, fam), fam, only=_builtin_keys(plan.ruleset(fam)))
-            _remove(netns, xt, fam, removal, prune={t: set(plan.ruleset(fam).chain_names(t)) & BUILTIN_CHAINS
-                                                     for t in plan.ruleset(fam).tables})
+            ops = plan.ops(fam)
+            ours = Counter(op.rule.key() for op in ops if op.rule.chain in BUILTIN_CHAINS)
+            inserted = frozenset(op.rule.key() for op in ops if op.position is not None)
+            now = xt.save(netns, fam)
+            added = (builtin_keys(now) - builtin_keys(before.get(fam, ""))) & ours
+            rs = plan.ruleset(fam)
+            _remove(netns, xt, fam, plan_removal(now, fam, only=added, first=inserted),
+                    prune={t: set(rs.chain_names(t)) & BUILTIN_CHAINS for t in rs.tables})
         problems += _safely(undo)
     return problems
 
@@ -280,11 +286,13 @@ def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables
         for fam in plan.families():
             xt.restore(netns, fam, _guardrail_text("-I"))
             guarded.append(fam)
+        cleaned: dict[Family, str] = {}
         for fam in plan.families():
-            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam).restore_text() or "")
+            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam).restore_text())
+            cleaned[fam] = xt.save(netns, fam)
         routing.remove_all_tproxy(netns)
         try:
-            _write_xtables(netns, spec, plan, xt, name)
+            _write_xtables(netns, spec, plan, xt, name, cleaned)
         except BaseException:
             for fam in plan.families():
                 tables = set(plan.ruleset(fam).tables) | set(parse_save(strip_counters(before[fam]), fam).tables)

@@ -4,7 +4,7 @@ Config-independent: every ISTIO_* chain, every rule jumping into one, and the fe
 writes straight into builtin chains, recognised by shape (TPROXY mark plumbing, the paired
 `-i X -j RETURN` / `-o X -j RETURN` of an excluded interface, the kube-virt `-i X -j RETURN` that
 sits next to `-i X -j ISTIO_REDIRECT`). With `only` (rollback), exactly those rules are removed,
-as many times as they were added, so a user's identical rule that was there before survives.
+only as many times as they were added, so a user's identical rule that was there before survives.
 
 Rules are deleted by position (`-D CHAIN N`, highest first), not by spec: a spec-based `-D` must
 match the kernel entry byte for byte, which fails for rules another writer encoded differently
@@ -21,6 +21,7 @@ from meshnet.model import Family, Match, Rule
 from meshnet.parse.iptables_save import parse_rule
 
 ISTIO_PREFIX = "ISTIO_"
+RuleKey = tuple[object, ...]
 OUTBOUND_MARK = "1338"
 
 
@@ -79,7 +80,13 @@ def _blocks(save_text: str) -> dict[str, Block]:
     return out
 
 
-def plan_removal(save_text: str, family: Family, only: Counter[tuple[object, ...]] | None = None) -> Removal:
+def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None = None,
+                 first: frozenset[RuleKey] = frozenset()) -> Removal:
+    """What to remove: everything Istio-shaped, or (`only`) that many copies of those rules.
+
+    With `only`, copies of keys in `first` are taken from the top of their chain (they were
+    inserted at position 1), the others from the bottom (they were appended).
+    """
     removal = Removal()
     for table, (chains, rules) in _blocks(save_text).items():
         position: dict[str, int] = {}
@@ -96,13 +103,23 @@ def plan_removal(save_text: str, family: Family, only: Counter[tuple[object, ...
             left = Counter(only)
             chosen = []
             for t, p, r in builtin:
-                if left[r.key()] > 0:
+                if r.key() in first and left[r.key()] > 0:
+                    left[r.key()] -= 1
+                    chosen.append((t, p, r))
+            for t, p, r in reversed(builtin):
+                if r.key() not in first and left[r.key()] > 0:
                     left[r.key()] -= 1
                     chosen.append((t, p, r))
         removal.deletes[table] = [(r.chain, p, t) for t, p, r in chosen]
         # Rollback runs only where no ISTIO chain existed before: every one found is ours.
         removal.chains[table] = [c for c in chains if c.startswith(ISTIO_PREFIX)]
     return removal
+
+
+def builtin_keys(save_text: str) -> Counter[RuleKey]:
+    """How many times each rule appears in builtin chains (to tell ours from a user's twin)."""
+    return Counter(parse_rule(table, tokens).key() for table, (_, rules) in _blocks(save_text).items()
+                   for _, tokens in rules if not tokens[0].startswith(ISTIO_PREFIX))
 
 
 def _kinds(rule: Rule) -> dict[str, Match]:
