@@ -444,7 +444,26 @@ class CtSocket:
                 batch = []
         if batch:
             sent += self._send_batch(batch)
+        self._barrier()
         return sent
+
+    def _barrier(self) -> None:
+        """Wait until the kernel has processed everything sent so far, raising the first error."""
+        seq = self._request(MSG_CT_GET_STATS, NLM_F_REQUEST)
+        while True:
+            buf = self.sock.recv(1 << 20)
+            pos = 0
+            while pos + 16 <= len(buf):
+                ln, typ, _, mseq, _ = _HDR.unpack_from(buf, pos)
+                if ln < 16:
+                    return
+                if typ == NLMSG_ERROR:
+                    code = -struct.unpack_from("<i", buf, pos + 16)[0]
+                    if code and code != errno.EEXIST:
+                        raise NetlinkError(code, "conntrack insert")
+                if mseq == seq:
+                    return
+                pos = (pos + ln + 3) & ~3
 
     def _send_batch(self, batch: list[bytes]) -> int:
         self.sock.send(b"".join(batch))
