@@ -338,7 +338,7 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
             changes = _ensure_routing(netns, spec)
             what = "; restored missing routing" if not changes.empty else ""
             return ApplyResult(NFTABLES, not changes.empty, f"already applied in {netns.label}: no change{what}")
-        if not reconcile and drift:
+        if not reconcile:
             raise _drift_error(netns, NFTABLES, drift, force)
         # Old tables out and new ones in, in the same transaction: no window to guard.
         text = nftables.cleanup_text(present) + text
