@@ -157,6 +157,11 @@ def test_tproxy_inbound_keeps_source_and_destination(lab: Lab, fam: int) -> None
     assert r["peer"][0] == peer, r
     # Excluded inbound ports still bypass, and outbound is still REDIRECTed in TPROXY mode.
     expect(connect(lab.peer, pod, EXCLUDED_INBOUND_PORT), "app", orig_dst=None, lab=lab)
+    # Passthrough here hinges on the mangle rule `-s 127.0.0.6 -i lo -j RETURN`: the proxy's packet
+    # carries mark 1338 over lo, so without it the SYN would be TPROXY'd back to 15006.
+    src = "127.0.0.6" if fam == 4 else "::6"
+    r = connect(lab.pod, pod, APP_PORT, uid=PROXY_UID, src_ip=src)
+    expect(r, "app", port=APP_PORT, orig_dst=None, lab=lab)
     expect(connect(lab.pod, peer, PEER_PORT, uid=APP_UID), "proxy", port=OUTBOUND_PORT,
            orig_dst=[peer, PEER_PORT], lab=lab)  # fmt: skip
 
