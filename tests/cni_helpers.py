@@ -72,10 +72,6 @@ class CniOutcome:
     def result(self) -> dict[str, Any]:
         return json.loads(self.stdout)
 
-    def error(self) -> dict[str, Any]:
-        """libcni prints a plugin's error object as its message; cnirun writes it to stderr."""
-        return {"text": self.stderr.strip()}
-
 
 @dataclass
 class Pod:
@@ -178,6 +174,26 @@ class CniNode:
 
     def delete(self, pod: Pod, annotations: Mapping[str, str] | None = None) -> CniOutcome:
         return self.run("del", pod, annotations)
+
+    def plugin_only(self, command: str, pod: Pod, annotations: Mapping[str, str] | None = None,
+                    prev: Mapping[str, Any] | None = None, python_flags: Sequence[str] = ()) -> CniOutcome:
+        """Exec meshnet-cni alone, exactly as libcni would (config on stdin, CNI_* env), to see its
+        raw stdout: the result or the error object with its code (libcni keeps only the message)."""
+        conf = json.loads(self.conflist.read_text())
+        entry = {k: v for k, v in conf["plugins"][-1].items() if k != "capabilities"}
+        entry.update(cniVersion=conf["cniVersion"], name=conf["name"])
+        if annotations is not None:
+            entry["runtimeConfig"] = {"io.kubernetes.cri.pod-annotations": dict(annotations)}
+        if prev is not None:
+            entry["prevResult"] = dict(prev)
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.path,
+               "CNI_IFNAME": "eth0", "CNI_ARGS": pod.cni_args(), "CNI_PATH": self.env()["CNI_PATH"],
+               "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        plugin = str(self.plugin_dir / "meshnet-cni")
+        argv = ["/usr/bin/python3", *python_flags, plugin] if python_flags else [plugin]
+        cp = subprocess.run(["nsenter", f"--net={self.node.path}", "--", *argv], input=json.dumps(entry),
+                            capture_output=True, text=True, timeout=60, env=env)
+        return CniOutcome(cp.returncode, cp.stdout, cp.stderr)
 
     def close(self) -> None:
         errors = []

@@ -41,7 +41,7 @@ def _pod_spec(pod: PodInfo, config: PluginConfig) -> Spec:
                                  proxy_gid=pod.proxy_gid, proxy_env=pod.proxy_env)
 
 
-def _skip(pod: PodInfo, config: PluginConfig) -> str | None:
+def _skip_for_check(pod: PodInfo, config: PluginConfig) -> str | None:
     try:
         return skip_reason(pod, config)
     except SpecError as exc:
@@ -60,7 +60,12 @@ def _cleanup_quietly(netns: Netns, log: Log) -> None:
 
 def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> Result:
     pod = load_pod(env, config, doc, log)
-    reason = _skip(pod, config)
+    try:
+        reason = skip_reason(pod, config)
+    except SpecError as exc:  # an invalid interception mode: fail, and drop what an earlier ADD left
+        if env.netns and os.path.exists(env.netns):
+            _cleanup_quietly(_netns(env), log)
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
     if reason:
         log.info("skipped", reason=reason)
         return passthrough_result(doc, config.cni_version)
@@ -82,8 +87,8 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     except MeshnetError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None
-    log.info("interception programmed", mode=spec.mode, ipv6=spec.enable_ipv6,
-             changed=getattr(result, "changed", None))
+    log.info("interception programmed", mode=spec.mode, ipv6=spec.enable_ipv6, backend=result.backend,
+             changed=result.changed)
     return passthrough_result(doc, config.cni_version)
 
 
@@ -113,7 +118,7 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
     if not version_at_least(config.cni_version, "0.4.0"):
         raise CniError(E_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {config.cni_version}")
     pod = load_pod(env, config, doc, log)
-    reason = _skip(pod, config)
+    reason = _skip_for_check(pod, config)
     if reason:
         log.debug("check: pod not programmed", reason=reason)
         return None
