@@ -116,7 +116,7 @@ def host_backend(host: Netns) -> tuple[str | None, str]:
             text = Xtables("nft").save(host, fam)
         except MeshnetError:
             continue
-        nft_rules += sum(1 for line in text.splitlines() if line.startswith("-A "))
+        nft_rules += _count_rules(text)
     legacy_rules = 0
     if legacy:
         for fam in FAMILIES:
@@ -124,10 +124,14 @@ def host_backend(host: Netns) -> tuple[str | None, str]:
                 text = Xtables("legacy").save(host, fam)
             except MeshnetError:
                 continue
-            legacy_rules += sum(1 for line in text.splitlines() if line.startswith("-A "))
+            legacy_rules += _count_rules(text)
     evidence = f"host ({host.label}): {nft_rules} iptables-nft rules, {legacy_rules} iptables-legacy rules"
     if nft_rules > legacy_rules:
         return NFT, evidence
     if legacy_rules > nft_rules:
         return LEGACY, evidence
     return None, evidence
+
+
+def _count_rules(save_text: str) -> int:
+    return sum(1 for line in _COUNTERS.sub("", save_text).splitlines() if line.startswith("-A "))

@@ -124,7 +124,10 @@ def structural_holes(live: LiveState) -> list[str]:
 def _xt_holes(rs: RuleSet) -> list[str]:
     out = []
     for (table, chain), builtin in _ENTRY.items():
-        if rs.rules(table, chain) and not any(r.target.name == chain for r in rs.rules(table, builtin)):
+        # Only chains that act need the jump: in TPROXY mode Istio leaves nat ISTIO_INBOUND with
+        # a lone RETURN rule and no PREROUTING jump.
+        acting = [r for r in rs.rules(table, chain) if r.target.name != "RETURN"]
+        if acting and not any(r.target.name == chain for r in rs.rules(table, builtin)):
             out.append(f"-t {table} {chain} has {len(rs.rules(table, chain))} rules but {builtin} does not jump "
                        f"to it (-A {builtin} ... -j {chain} missing)")
     for table in rs.tables.values():
@@ -140,7 +143,8 @@ def _nft_holes(live: LiveState) -> list[str]:
     rs = live.nft
     out = []
     for (table, chain), base in _NFT_ENTRY.items():
-        if rs.rules(table, chain) and not any(r.jump_target == chain for r in rs.rules(table, base)):
+        acting = [r for r in rs.rules(table, chain) if r.action != ("return",)]
+        if acting and not any(r.jump_target == chain for r in rs.rules(table, base)):
             out.append(f"inet istio-proxy-{table} {chain} has rules but {base} does not jump to it")
     for (table, chain), rules in rs.chains.items():
         word = _NFT_TERMINAL.get(chain)
