@@ -28,7 +28,7 @@ _DEFAULT = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
 class Changes:
     """What this run added (so that rollback removes exactly that)."""
 
-    rules: list[tuple[int, int, int]] = field(default_factory=list)  # (family, mark, table)
+    rules: list[tuple[int, int, int, int]] = field(default_factory=list)  # (family, mark, table, priority)
     routes: list[tuple[int, int]] = field(default_factory=list)  # (family, table)
     passthrough_v6: bool = False
 
@@ -49,10 +49,15 @@ def _lo_index(ipr: Any) -> int:
 
 
 def _has_rule(ipr: Any, family: int, mark: int, table: int) -> bool:
-    for rule in ipr.get_rules(family=family):
-        if rule.get_attr("FRA_FWMARK") == mark and (rule.get_attr("FRA_TABLE") or rule["table"]) == table:
-            return True
-    return False
+    return any((m, t) == (mark, table) for m, t, _ in _fwmark_rules(ipr, family))
+
+
+def _default_priority(ipr: Any, family: int) -> int:
+    """What the kernel picks when no priority is given (iproute2 and Istio's netlink send none):
+    one below the first rule after `lookup local`. pyroute2 would otherwise always send 32000."""
+    prefs = sorted(int(r.get_attr("FRA_PRIORITY") or 0) for r in ipr.get_rules(family=family))
+    above_zero = [p for p in prefs if p > 0]
+    return above_zero[0] - 1 if above_zero and above_zero[0] > 1 else 32765
 
 
 def _local_default(ipr: Any, family: int, table: int, lo: int) -> list[Any]:
@@ -62,6 +67,8 @@ def _local_default(ipr: Any, family: int, table: int, lo: int) -> list[Any]:
 
 def add_tproxy(netns: Netns, mark: int, table: int, ipv6: bool, changes: Changes) -> None:
     """Add the policy rule and local route per family, skipping those already present."""
+    from pyroute2.netlink.exceptions import NetlinkError  # pyroute2 is loaded by ipr() anyway
+
     try:
         with netns.ipr() as ipr:
             lo = _lo_index(ipr)
@@ -71,9 +78,10 @@ def add_tproxy(netns: Netns, mark: int, table: int, ipv6: bool, changes: Changes
                               scope=RT_SCOPE_HOST)
                     changes.routes.append((fam, table))
                 if not _has_rule(ipr, fam, mark, table):
-                    ipr.rule("add", family=fam, fwmark=mark, table=table)
-                    changes.rules.append((fam, mark, table))
-    except (OSError, NetnsError) as exc:
+                    prio = _default_priority(ipr, fam)
+                    ipr.rule("add", family=fam, fwmark=mark, table=table, priority=prio)
+                    changes.rules.append((fam, mark, table, prio))
+    except (OSError, NetlinkError, NetnsError) as exc:
         raise ApplyError(f"[{netns.label}] TPROXY routing (fwmark {mark} lookup {table}): {exc}") from None
 
 
@@ -82,7 +90,7 @@ def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = No
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
         for fam in _families(ipv6):
-            found = [(m, t) for m, t in _fwmark_rules(ipr, fam)
+            found = [(m, t) for m, t, _ in _fwmark_rules(ipr, fam)
                      if (mark is None or m == mark) and (table is None or t == table)
                      and _local_default(ipr, fam, t, lo)]
             if not found:
@@ -90,12 +98,14 @@ def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = No
     return True
 
 
-def _fwmark_rules(ipr: Any, family: int) -> list[tuple[int, int]]:
+def _fwmark_rules(ipr: Any, family: int) -> list[tuple[int, int, int]]:
+    """(mark, table, priority) of every fwmark rule; deleting one needs its priority too."""
     out = []
     for rule in ipr.get_rules(family=family):
         mark = rule.get_attr("FRA_FWMARK")
         if mark is not None:
-            out.append((int(mark), int(rule.get_attr("FRA_TABLE") or rule["table"])))
+            out.append((int(mark), int(rule.get_attr("FRA_TABLE") or rule["table"]),
+                        int(rule.get_attr("FRA_PRIORITY") or 0)))
     return out
 
 
@@ -104,8 +114,8 @@ def remove(netns: Netns, changes: Changes) -> None:
     if changes.rules or changes.routes:
         with netns.ipr() as ipr:
             lo = _lo_index(ipr)
-            for fam, mark, table in reversed(changes.rules):
-                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table)
+            for fam, mark, table, prio in reversed(changes.rules):
+                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table, priority=prio)
             for fam, table in reversed(changes.routes):
                 _quiet(ipr.route, "del", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
                        scope=RT_SCOPE_HOST)
@@ -122,13 +132,13 @@ def remove_all_tproxy(netns: Netns) -> int:
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
         for fam in (socket.AF_INET, socket.AF_INET6):
-            for mark, table in _fwmark_rules(ipr, fam):
+            for mark, table, prio in _fwmark_rules(ipr, fam):
                 routes = ipr.get_routes(family=fam, table=table)
                 local = _local_default(ipr, fam, table, lo)
                 if not local or len(routes) != len(local):
                     continue
-                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table)
-                if not any(t == table for _, t in _fwmark_rules(ipr, fam)):
+                _quiet(ipr.rule, "del", family=fam, fwmark=mark, table=table, priority=prio)
+                if not any(t == table for _, t, _ in _fwmark_rules(ipr, fam)):
                     _quiet(ipr.route, "del", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
                            scope=RT_SCOPE_HOST)
                 removed += 1
@@ -136,10 +146,12 @@ def remove_all_tproxy(netns: Netns) -> int:
 
 
 def _quiet(fn: Any, *args: Any, **kw: Any) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         fn(*args, **kw)
-    except OSError:
-        pass  # already gone
+    except (OSError, NetlinkError):
+        pass  # already gone: absence is the goal
 
 
 def has_passthrough_v6(netns: Netns) -> bool:
