@@ -65,6 +65,10 @@ def test_healthy_redirect_pod_has_no_findings(topo: Topology, quiet_host: Netns,
         assert report.problems == [], "\n".join(report.lines())
         assert report.exit_code == 0
         assert report.backends == [backend]
+    if backend != "nftables":
+        # The conntrack analyzer's findings are part of doctor: REDIRECT funnels inbound ports (info here,
+        # since this kernel remaps collisions and the pod serves no port yet).
+        assert "collision-risk" in {f.kind for f in report.findings if not f.is_problem}
 
 
 @pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
