@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 from ct_scenarios import (
+    CLI,
+    ROOT,
     analyze,
     finding,
     hold_server,
@@ -79,10 +82,10 @@ def test_hang_with_transparent_listener_reports_collision_hang(topology: Topolog
 def test_race_reports_race_drops(topology: Topology) -> None:
     install_redirect(topology.pod)
     hold_server(topology)
-    cli = race_client(topology, 41000, rounds=60)
+    cli = race_client(topology, 41000, rounds=400)
     rounds = []
     while True:
-        line = readline(cli, 30)
+        line = readline(cli, 60)
         if line == "DONE":
             break
         rounds.append(json.loads(line))
@@ -122,3 +125,27 @@ def test_tproxy_pod_same_source_port_no_collision(topology: Topology) -> None:
     assert rc == 0, (err, data)
     assert kinds(data) == []
     assert any(c["kind"] == "tproxy" and c["direction"] == "inbound" for c in data["stats"]["captures"])
+
+
+def _watch(topo: Topology, duration: float) -> subprocess.Popen[str]:
+    p = subprocess.Popen([*CLI, "watch", "--netns", topo.pod.path, "--duration", str(duration), "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(1.0)  # subscribed and seeded
+    return p
+
+
+def test_watch_reports_remap_and_hang_live(topology: Topology) -> None:
+    install_redirect(topology.pod)
+    w = _watch(topology, 6)
+    try:
+        cli, _ = _seq(topology, 40030, transparent=True)
+        out, err = w.communicate(timeout=20)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    events = [json.loads(x) for x in out.splitlines()]
+    assert w.returncode == 1, err
+    got = [(e["kind"], e.get("client"), e.get("dport")) for e in events]
+    client = f"{topology.peer_ip4}:40030"
+    assert ("tuple-collision", client, 8080) in got and ("collision-hang", client, 8080) in got, got
