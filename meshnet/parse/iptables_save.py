@@ -127,6 +127,8 @@ def parse_save(text: str, family: Family) -> RuleSet:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if line.startswith("[") and "] " in line:  # `iptables-save -c` prefixes rules with [packets:bytes]
+            line = line.split("] ", 1)[1]
         if line.startswith("*"):
             table = line[1:].strip()
             rs.table(table)
