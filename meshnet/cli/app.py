@@ -7,9 +7,11 @@ import click
 from meshnet.cli.apply_cmd import apply_cmd
 from meshnet.cli.cleanup_cmd import cleanup_cmd
 from meshnet.cli.cni_cmd import cni_cmd
+from meshnet.cli.conntrack_cmd import conntrack_group
 from meshnet.cli.diff_cmd import diff_cmd
 from meshnet.cli.doctor_cmd import doctor_cmd
 from meshnet.cli.explain_cmd import explain_cmd
+from meshnet.cli.probe_cmd import probe_group
 from meshnet.cli.render_cmd import render_cmd
 from meshnet.cli.status_cmd import status_cmd
 from meshnet.cli.validate_cmd import validate_cmd
@@ -40,3 +42,5 @@ cli.add_command(validate_cmd)
 cli.add_command(diff_cmd)
 cli.add_command(explain_cmd)
 cli.add_command(doctor_cmd)
+cli.add_command(conntrack_group)
+cli.add_command(probe_group)
