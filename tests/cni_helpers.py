@@ -190,7 +190,7 @@ class CniNode:
                "CNI_IFNAME": "eth0", "CNI_ARGS": pod.cni_args(), "CNI_PATH": self.env()["CNI_PATH"],
                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         plugin = str(self.plugin_dir / "meshnet-cni")
-        argv = ["/usr/bin/python3", *python_flags, plugin] if python_flags else [plugin]
+        argv = ["/usr/bin/python3", "-IS", *python_flags, plugin] if python_flags else [plugin]
         cp = subprocess.run(["nsenter", f"--net={self.node.path}", "--", *argv], input=json.dumps(entry),
                             capture_output=True, text=True, timeout=60, env=env)
         return CniOutcome(cp.returncode, cp.stdout, cp.stderr)

@@ -120,7 +120,7 @@ def test_install_builds_a_runnable_zipapp(node: dict[str, Path]) -> None:
     out = cni("install", "--conflist", str(node["conflist"]), "--bin-dir", str(node["bin_dir"]))
     assert out.exit_code == 0, out.output
     binary = node["bin_dir"] / PLUGIN_TYPE
-    assert binary.read_bytes().startswith(b"#!/usr/bin/python3\n")
+    assert binary.read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
     cp = subprocess.run([str(binary)], input='{"cniVersion":"1.1.0"}', capture_output=True, text=True,
                         env={"CNI_COMMAND": "VERSION"}, timeout=30)
     assert cp.returncode == 0 and json.loads(cp.stdout)["cniVersion"] == "1.1.0"
