@@ -10,7 +10,7 @@ from meshnet.cli.errors import guarded
 from meshnet.errors import UsageError
 
 _LOG_LEVELS = ("debug", "info", "warn", "error", "none")
-_BACKENDS = ("auto", "iptables-legacy", "iptables-nft", "nft")
+_BACKENDS = ("auto", "iptables-legacy", "iptables-nft", "nftables")
 
 
 def _conflist(conflist: str | None, conf_dir: str | None) -> Path:
@@ -94,5 +94,20 @@ def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> N
         for line in done or ["meshnet-cni was not installed"]:
             click.echo(line)
         return 0
+
+    raise SystemExit(guarded(go))
+
+
+@cni_cmd.command("agent")
+@click.option("--socket", "socket_path", default=None, help="Unix socket (default /run/meshnet-cni/agent.sock).")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64))
+def agent_cmd(socket_path: str | None, workers: int) -> None:
+    """Serve plugin requests from warm, pre-forked workers (optional; the plugin works without it)."""
+
+    def go() -> int:
+        from meshnet.cni.agent import serve
+        from meshnet.cni.shim import DEFAULT_SOCKET
+
+        return serve(socket_path or DEFAULT_SOCKET, workers)
 
     raise SystemExit(guarded(go))

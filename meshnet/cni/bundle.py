@@ -29,13 +29,14 @@ MIN_PYTHON = (3, 11)
 INTERPRETER_FLAGS = "-IS"
 
 _NEED = ".".join(map(str, MIN_PYTHON))
+# No json here: the error object is written by hand so the agent path imports nothing extra.
 MAIN = f'''\
-import json, sys
+import sys
 if sys.version_info < {MIN_PYTHON!r}:
-    print(json.dumps({{"cniVersion": "1.1.0", "code": 999, "details": sys.executable,
-                      "msg": "meshnet-cni needs Python >= {_NEED}, this is " + sys.version.split()[0]}}))
+    sys.stdout.write('{{"cniVersion": "1.1.0", "code": 999, "details": "", "msg": "meshnet-cni needs Python '
+                     '>= {_NEED}, this is ' + sys.version.split()[0] + '"}}\\n')
     sys.exit(1)
-from meshnet.cni.plugin import main
+from meshnet.cni.shim import main
 main()
 '''
 

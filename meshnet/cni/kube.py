@@ -11,11 +11,11 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from meshnet.cni.protocol import E_INVALID_CONFIG, E_TRY_AGAIN, CniError
+from meshnet.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.annotations import A_INJECT, A_STATUS, interception_mode
 from meshnet.cni.config import PluginConfig
+from meshnet.records import dataclass, field
 
 PROXY_CONTAINER = "istio-proxy"
 INIT_CONTAINER = "istio-init"
