@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from meshnet import validate as v
 from meshnet.errors import SpecError
+from meshnet.records import dataclass
 from meshnet.spec import Spec
 
 A_MODE = "sidecar.istio.io/interceptionMode"
@@ -90,10 +90,11 @@ def _dedup(ports: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(seen)
 
 
-def spec_from_annotations(annotations: Mapping[str, str], *, defaults: CniDefaults = CniDefaults(),
+def spec_from_annotations(annotations: Mapping[str, str], *, defaults: CniDefaults | None = None,
                           proxy_uid: int | None = None, proxy_gid: int | None = None,
                           proxy_env: Mapping[str, str] | None = None, enable_ipv6: bool = False) -> Spec:
     """The spec istio-cni would program for a sidecar pod. Mode NONE is the caller's to skip."""
+    defaults = defaults or CniDefaults()
     mode = interception_mode(annotations)
     if mode == "NONE":
         raise SpecError(f"annotation {A_MODE}", mode, "interception is disabled for this pod")

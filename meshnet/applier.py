@@ -16,7 +16,6 @@ netlink through pyroute2 bound to the namespace.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
@@ -25,6 +24,7 @@ from meshnet.backends.xtables import Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
 from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
 from meshnet.netns import Netns
+from meshnet.records import dataclass, field
 from meshnet.spec import Spec
 
 __all__ = ["ApplyResult", "CleanupResult", "Status", "apply_spec", "cleanup", "detect_backend", "spec_for_netns",

@@ -8,9 +8,9 @@ because other software (kube-proxy, CNI plugins) may legitimately add rules to t
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 from meshnet.model import Rule, RuleSet
+from meshnet.records import dataclass, field
 
 
 @dataclass(frozen=True)

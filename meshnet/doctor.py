@@ -7,11 +7,11 @@ for the backend comparison, the host's (iptables-nft-save and /proc reads only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from meshnet.checks import Context, Finding
 from meshnet.errors import MeshnetError
+from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
     from meshnet.netns import Netns

@@ -12,11 +12,11 @@ from __future__ import annotations
 import grp
 import ipaddress
 import pwd
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from meshnet.explain_packet import Packet, owner_defaults
 from meshnet.model import Match, Rule, RuleSet
+from meshnet.records import dataclass, field, replace
 
 if TYPE_CHECKING:
     from meshnet.live import LiveState

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import asdict, dataclass, replace
 
 from meshnet.errors import UsageError
+from meshnet.records import asdict, dataclass, replace
 
 STATES = ("NEW", "ESTABLISHED", "RELATED", "INVALID")
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)$")

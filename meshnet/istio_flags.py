@@ -10,11 +10,11 @@ import argparse
 import os
 import pwd
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from meshnet import validate as v
 from meshnet.errors import SpecError, UsageError
+from meshnet.records import dataclass
 from meshnet.spec import Spec
 
 

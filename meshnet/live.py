@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.errors import MeshnetError
 from meshnet.model import Family, RuleSet
+from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
     from meshnet.netns import Netns

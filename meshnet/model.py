@@ -12,8 +12,9 @@ import grp
 import ipaddress
 import pwd
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Literal
+
+from meshnet.records import dataclass, field
 
 Family = Literal[4, 6]
 BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})

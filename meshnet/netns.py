@@ -23,10 +23,10 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshnet.errors import MeshnetError
+from meshnet.records import dataclass
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute

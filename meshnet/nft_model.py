@@ -6,7 +6,7 @@ match orders and spellings), so they have their own builder and this small model
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from meshnet.records import dataclass, field
 
 NFT_TABLES = ("nat", "mangle", "raw")
 TABLE_PREFIX = "istio-proxy-"

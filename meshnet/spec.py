@@ -7,11 +7,11 @@ YAML, pod annotations) produce it. Field names follow Istio's Config fields, in 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from meshnet import validate as v
 from meshnet.errors import SpecError
+from meshnet.records import asdict, dataclass, fields, replace
 
 Mode = Literal["REDIRECT", "TPROXY"]
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from meshnet.explain import explain_ruleset
 from meshnet.explain_packet import owner_defaults, parse_packet
 from meshnet.istio_builder import build_iptables
 from meshnet.istio_flags import parse_istio_args
 from meshnet.model import Match, Op, Rule, RuleSet, Target
 from meshnet.parse.iptables_save import parse_save
+from meshnet.records import replace
 
 
 def ruleset(*flags: str, family: int = 4) -> RuleSet:

@@ -12,11 +12,11 @@ Every add is recorded in a `Changes` so a failed apply can remove exactly what i
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.errors import ApplyError
 from meshnet.netns import Netns, NetnsError
+from meshnet.records import dataclass, field
 
 PASSTHROUGH_V6 = "::6"
 RT_SCOPE_HOST = 254

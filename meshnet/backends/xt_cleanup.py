@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import dataclass, field
 
 from meshnet.model import Family, Match, Rule
 from meshnet.parse.iptables_save import parse_rule
+from meshnet.records import dataclass, field
 
 ISTIO_PREFIX = "ISTIO_"
 RuleKey = tuple[object, ...]

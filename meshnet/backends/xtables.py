@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 
 from meshnet.backends import LEGACY, NFT
 from meshnet.errors import ApplyError
 from meshnet.model import Family
 from meshnet.netns import Netns, NetnsError
+from meshnet.records import dataclass
 
 LOCK_WAIT_SECONDS = 10
 TIMEOUT_SECONDS = 60.0

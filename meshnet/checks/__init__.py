@@ -7,8 +7,9 @@ problem: it never makes doctor fail).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
     from meshnet.conntrack.snapshot import Snapshot

@@ -5,7 +5,6 @@ a redirect chain without its REDIRECT)."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.checks import Context, Finding
@@ -13,6 +12,7 @@ from meshnet.compare import RuleSetDiff, diff_rulesets
 from meshnet.live import LiveState
 from meshnet.model import RuleSet
 from meshnet.nft_model import NftRule
+from meshnet.records import dataclass
 from meshnet.spec import Spec
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.live import LiveState
 from meshnet.model import Rule
+from meshnet.records import dataclass, field
 
 
 @dataclass

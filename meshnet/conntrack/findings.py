@@ -7,9 +7,10 @@ funnel the ports are attached to it as evidence instead of a separate collision-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from meshnet.records import dataclass, field
 
 from .entry import CtEntry
 from .kernel import HANG_COUNTERS, has_demux_fix

@@ -19,8 +19,9 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from meshnet.records import dataclass, field
 
 from .entry import PROTO_NAMES, TCP_STATES, CtEntry
 

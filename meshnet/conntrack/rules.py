@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+
+from meshnet.records import dataclass, field
 
 ALL = None  # "every destination port" in a port set
 

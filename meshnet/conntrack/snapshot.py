@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from meshnet.records import dataclass, field
 
 from .kernel import kernel_release, read_counters, sysctl_int
 from .netlink import TableScan

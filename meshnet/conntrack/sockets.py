@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from meshnet.records import dataclass
 
 if TYPE_CHECKING:
     from meshnet.netns import Netns

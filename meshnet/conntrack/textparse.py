@@ -4,7 +4,8 @@ and /proc/net/stat/nf_conntrack, so a support bundle from a customer's node can 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+
+from meshnet.records import dataclass, field
 
 from .entry import PROTO_NUMS, CtEntry
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.errors import MeshnetError
 from meshnet.nft_model import TABLE_PREFIX, NftRule
+from meshnet.records import dataclass, field
 
 UNSUPPORTED = "unsupported:"
 NftKey = tuple[str, str, tuple[str, ...], tuple[str, ...]]
