@@ -7,10 +7,10 @@ IPv4 local addresses come from /proc/net/fib_trie (LOCAL host routes), IPv6 from
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
 
 from meshnet.errors import ApplyError
 
+TYPE_CHECKING = False  # keep `typing` off the start-up path
 if TYPE_CHECKING:
     from meshnet.netns import Netns
 

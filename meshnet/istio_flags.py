@@ -10,12 +10,15 @@ import argparse
 import os
 import pwd
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from meshnet import validate as v
 from meshnet.errors import SpecError, UsageError
 from meshnet.records import dataclass
 from meshnet.spec import Spec
+
+TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class RunOptions:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print usage and exit 2 itself
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit 2 itself
         raise UsageError(f"{self.prog}: {message}")
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 from meshnet.errors import MeshnetError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def fail(message: str, code: int = 1, prog: str = "meshnet") -> int:

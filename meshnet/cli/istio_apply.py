@@ -8,8 +8,8 @@ TPROXY routing is actually written.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # keep `typing` off the start-up path
 if TYPE_CHECKING:
     from meshnet.istio_flags import RunOptions
     from meshnet.netns import Netns
