@@ -98,6 +98,8 @@ class CniNode:
     plugin_dir: Path
     plugin_conf: Mapping[str, Any] = field(default_factory=dict)
     cni_version: str = "1.0.0"
+    # The plugin works alone unless a test points it at its own agent (see test_cni_agent.py).
+    agent_socket: str = "off"
     prefix: str = field(default_factory=lambda: f"{NS_PREFIX}{secrets.token_hex(4)}")
     names: list[str] = field(default_factory=list, init=False)
     pods: dict[str, Pod] = field(default_factory=dict, init=False)
@@ -150,7 +152,8 @@ class CniNode:
         return pod
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "CNI_PATH": f"{REF_PLUGINS}:{self.plugin_dir}", "CNI_CACHE_DIR": str(self.tmp / "cache")}
+        return {**os.environ, "CNI_PATH": f"{REF_PLUGINS}:{self.plugin_dir}", "CNI_CACHE_DIR": str(self.tmp / "cache"),
+                "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}
 
     def argv(self, op: str, pod: Pod, annotations: Mapping[str, str] | None = None) -> list[str]:
         cap = json.dumps({"io.kubernetes.cri.pod-annotations": dict(annotations)}) if annotations is not None else ""
@@ -188,7 +191,8 @@ class CniNode:
             entry["prevResult"] = dict(prev)
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.path,
                "CNI_IFNAME": "eth0", "CNI_ARGS": pod.cni_args(), "CNI_PATH": self.env()["CNI_PATH"],
-               "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+               "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}
         plugin = str(self.plugin_dir / "meshnet-cni")
         argv = ["/usr/bin/python3", "-IS", *python_flags, plugin] if python_flags else [plugin]
         cp = subprocess.run(["nsenter", f"--net={self.node.path}", "--", *argv], input=json.dumps(entry),
