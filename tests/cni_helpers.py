@@ -104,9 +104,11 @@ class CniNode:
     names: list[str] = field(default_factory=list, init=False)
     pods: dict[str, Pod] = field(default_factory=dict, init=False)
 
+    subnet: str = ""  # default: a random 10.x.y.0/24
+
     def __post_init__(self) -> None:
         self.bridge = f"mn-br{secrets.token_hex(4)}"
-        self.subnet = f"10.{random.randint(1, 254)}.{random.randint(0, 255)}.0/24"
+        self.subnet = self.subnet or f"10.{random.randint(1, 254)}.{random.randint(0, 255)}.0/24"
         self.tmp = Path(tempfile.mkdtemp(prefix="meshnet-cni-test-"))
         self.conflist = self.tmp / "net.conflist"
         self.log_file = self.tmp / "meshnet-cni.log"
@@ -166,7 +168,7 @@ class CniNode:
                             env=self.env(), stdin=subprocess.DEVNULL)
         out = CniOutcome(cp.returncode, cp.stdout, cp.stderr)
         if op == "add" and out.ok:
-            pod.ip4 = out.result()["ips"][0]["address"].split("/")[0]
+            pod.ip4 = out.result()["ips"][0]["address"].split("/")[0]  # the pod's first address (v4 or v6)
         return out
 
     def add(self, pod: Pod, annotations: Mapping[str, str] | None = None) -> CniOutcome:

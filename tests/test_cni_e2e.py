@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -137,6 +138,22 @@ def _check_landings(node: CniNode, app: Pod, other: Pod) -> None:
     assert node.plugin_only("DEL", app, SIDECAR).ok
     after = connect(app.ns, other.ip4, 8080)
     assert after.get("name") == "other", after
+
+
+def test_ipv6_only_pod_gets_ip6tables_rules(tools: tuple[Path, Path]) -> None:
+    """Istio's detection from the pod's own addresses: an IPv6-only pod is programmed for IPv6."""
+    subnet = f"fd00:{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}::/64"
+    with CniNode(*tools, plugin_conf={"backend": "iptables-nft"}, subnet=subnet) as node:
+        pod = node.new_pod("v6")
+        add = node.add(pod, SIDECAR)
+        assert add.ok, add.stderr
+        assert ":" in pod.ip4
+        assert "ISTIO_OUTPUT" in save(pod.ns, "ip6tables-nft-save")
+        assert "inet6 ::6/128" in pod.ns.run(["ip", "-6", "addr", "show", "dev", "lo"]).stdout
+        assert node.check(pod, SIDECAR).ok
+        assert node.delete(pod, SIDECAR).ok
+        assert interception_state(pod.ns) == []
+        assert "::6/128" not in pod.ns.run(["ip", "-6", "addr", "show", "dev", "lo"]).stdout
 
 
 # ------------------------------------------------------------------------------ Istio's goldens
