@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from meshnet.records import dataclass, field
+
+TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
