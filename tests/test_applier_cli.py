@@ -96,6 +96,15 @@ def test_bad_input_is_one_line(topo: Topology, args: list[str], code: int, needl
     assert status(topo.pod).backends == ()  # nothing half-applied
 
 
+@pytest.mark.parametrize("command", ("apply", "cleanup"))
+def test_writing_commands_refuse_the_callers_own_namespace(command: str) -> None:
+    """`--pid <self>` is the test runner's (the host's) namespace: refused before anything is written."""
+    import os
+
+    line = one_line_error(meshnet(command, "--pid", str(os.getpid()), *(ISTIO_INIT if command == "apply" else [])), 2)
+    assert "refusing" in line
+
+
 def test_drift_is_exit_1_with_the_difference(topo: Topology) -> None:
     ns = topo.pod.label
     assert meshnet("apply", "--netns", ns, *ISTIO_INIT).returncode == 0

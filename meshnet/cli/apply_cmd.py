@@ -43,6 +43,14 @@ def resolve_target(ns: argparse.Namespace, network_namespace: str = "") -> Netns
     return Netns.resolve(netns=given[0] if given else None, pid=ns.pid)
 
 
+def refuse_own_namespace(netns: Netns) -> None:
+    """Writing commands never program the namespace meshnet itself runs in (e.g. `--pid 1` on a
+    node would rewrite the host's rules); inside a pod, `meshnet istio-iptables` is the tool."""
+    if netns.is_current():
+        raise UsageError(f"{netns.label} is the network namespace meshnet runs in: refusing to change it "
+                         f"(inside a pod, use meshnet istio-iptables)")
+
+
 def spec_parser(prog: str) -> argparse.ArgumentParser:
     from meshnet import istio_flags
 
@@ -110,6 +118,8 @@ def run(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
     netns = resolve_target(ns)
     spec, opts = spec_and_options(ns, netns)
+    if not opts.dry_run:
+        refuse_own_namespace(netns)
     backend = _backend(ns.backend, opts, netns)
     if opts.dry_run:
         return _dry_run(spec, backend, netns)

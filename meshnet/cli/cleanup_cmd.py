@@ -27,10 +27,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     from meshnet.applier import cleanup
-    from meshnet.cli.apply_cmd import resolve_target
+    from meshnet.cli.apply_cmd import refuse_own_namespace, resolve_target
 
     ns = _parser().parse_args(argv)
-    result = cleanup(resolve_target(ns), backend=ns.backend)
+    netns = resolve_target(ns)
+    refuse_own_namespace(netns)
+    result = cleanup(netns, backend=ns.backend)
     if not ns.quiet:
         for line in result.removed:
             sys.stdout.write(f"  {line}\n")
