@@ -6,9 +6,9 @@ click) keeps the istio-init start-up path lean.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
+import sys
 from collections.abc import Mapping, Sequence
 
 from meshnet import validate as v
@@ -18,6 +18,7 @@ from meshnet.spec import Spec
 
 TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
 if TYPE_CHECKING:
+    import argparse
     from typing import NoReturn
 
 
@@ -90,11 +91,6 @@ class RunOptions:
     force_iptables_binary: str = ""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit 2 itself
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def add_istio_flags(parser: argparse.ArgumentParser) -> None:
     for flag in FLAGS:
         names = [f"--{flag.long}"] + ([f"-{flag.short}"] if flag.short else [])
@@ -110,13 +106,93 @@ def add_istio_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log_target", default=None)
 
 
+class ParsedFlags:
+    """Parsed istio-iptables flags: one attribute per flag dest, None when not given."""
+
+    def __init__(self) -> None:
+        for flag in FLAGS:
+            setattr(self, flag.long.replace("-", "_"), None)
+
+
+_LOG_FLAGS = {"log_output_level": False, "log_as_json": True, "log_target": False}
+
+
+def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlags:
+    """pflag-compatible parsing of istio-iptables flags, without argparse.
+
+    argparse (with the gettext, locale and shutil imports it triggers) costs ~9 ms, a fifth of
+    an istio-init run. Accepted forms, as pflag: `--flag value`, `--flag=value`, `-f value`,
+    `-fvalue`, `-f=value`; booleans `--flag`, `--flag=true|false`. `-h/--help` prints the flags.
+    """
+    by_long = {f.long: f for f in FLAGS}
+    by_short = {f.short: f for f in FLAGS if f.short}
+    out = ParsedFlags()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            sys.stdout.write(flags_help(prog))
+            raise SystemExit(0)
+        inline: str | None = None
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, rest = arg[2:].partition("=")
+            inline = rest if eq else None
+            if name in _LOG_FLAGS:  # Istio's log options: accepted, not used
+                if inline is None and not _LOG_FLAGS[name]:
+                    i += 1
+                continue
+            flag = by_long.get(name)
+        elif arg.startswith("-") and len(arg) > 1 and arg != "-":
+            flag = by_short.get(arg[1])
+            rest = arg[2:]
+            inline = (rest[1:] if rest.startswith("=") else rest) if rest else None
+        else:
+            raise UsageError(f"{prog}: unexpected argument {arg!r}")
+        if flag is None:
+            raise UsageError(f"{prog}: unknown flag: {arg.split('=', 1)[0]}")
+        if flag.is_bool:
+            value = "true" if inline is None else inline
+        elif inline is not None:
+            value = inline
+        elif i < len(args):
+            value = args[i]
+            i += 1
+        else:
+            raise UsageError(f"{prog}: flag needs an argument: {arg}")
+        setattr(out, flag.long.replace("-", "_"), value)
+    return out
+
+
+def flags_help(prog: str) -> str:
+    lines = [f"usage: {prog} [flags]", "", "flags (environment variable in brackets):"]
+    for f in FLAGS:
+        short = f"-{f.short}, " if f.short else "    "
+        env = f" [{', '.join(f.envs)}]" if f.envs else ""
+        lines.append(f"  {short}--{f.long}{'' if f.is_bool else ' VALUE'}  (default {f.default!r}){env}")
+    return "\n".join(lines) + "\n"
+
+
+def new_parser(prog: str) -> argparse.ArgumentParser:
+    """An argparse parser whose errors are UsageError (one line, exit 2), not argparse's exit."""
+    import argparse  # only the interactive commands pay for argparse; istio-init uses parse_flags
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(f"{self.prog}: {message}")
+
+    return _Parser(prog=prog, add_help=True, allow_abbrev=False)
+
+
 def make_parser(prog: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, add_help=True, allow_abbrev=False)
+    """An argparse parser with every istio flag, for commands that add options of their own."""
+    parser = new_parser(prog)
     add_istio_flags(parser)
     return parser
 
 
-def _value(flag: FlagDef, ns: argparse.Namespace, env: Mapping[str, str]) -> str:
+def _value(flag: FlagDef, ns: argparse.Namespace | ParsedFlags, env: Mapping[str, str]) -> str:
     cli = getattr(ns, flag.long.replace("-", "_"), None)
     if cli is not None:
         return str(cli)
@@ -145,7 +221,7 @@ def parse_duration(field: str, value: str) -> float:
     raise SpecError(field, value, "expected a duration such as 5s or 500ms")
 
 
-def values_from(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def values_from(ns: argparse.Namespace | ParsedFlags, env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     return {f.long: _value(f, ns, env) for f in FLAGS}
 
@@ -237,7 +313,6 @@ def parse_istio_args(argv: Sequence[str], env: Mapping[str, str] | None = None, 
                      dns_servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
                      prog: str = "istio-iptables") -> tuple[Spec, RunOptions]:
     env = os.environ if env is None else env
-    ns = make_parser(prog).parse_args(list(argv))
-    values = values_from(ns, env)
+    values = values_from(parse_flags(argv, prog), env)
     return spec_from_values(values, env, enable_ipv6=enable_ipv6, dns_servers=dns_servers), \
         run_options_from_values(values)

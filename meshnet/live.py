@@ -8,7 +8,6 @@ Errors of one reader are recorded, not raised, so a diagnosis can still use the 
 from __future__ import annotations
 
 import re
-import shutil
 from typing import TYPE_CHECKING
 
 from meshnet.backends import LEGACY, NFT, NFTABLES
@@ -17,7 +16,7 @@ from meshnet.model import Family, RuleSet
 from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
-    from meshnet.netns import Netns
+    from meshnet.netns import Netns, which
     from meshnet.parse.nft_json import NftRuleset
 
 FAMILIES: tuple[Family, ...] = (4, 6)
@@ -83,7 +82,7 @@ def read_live(netns: Netns, *, nft_native: bool = True) -> LiveState:
 def read_nft(netns: Netns, errors: list[str]) -> NftRuleset | None:
     from meshnet.parse.nft_json import parse_nft_json
 
-    if shutil.which("nft") is None:
+    if which("nft") is None:
         errors.append("nft not installed: native nftables rules not read")
         return None
     try:

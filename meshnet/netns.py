@@ -35,12 +35,21 @@ if TYPE_CHECKING:
 
     _T = TypeVar("_T")
 
-__all__ = ["NETNS_RUN_DIR", "Netns", "NetnsError"]
+__all__ = ["NETNS_RUN_DIR", "Netns", "NetnsError", "which"]
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 # ioctl(NS_GET_NSTYPE) = _IO(0xb7, 0x3): returns the CLONE_NEW* type of an nsfs fd (Linux >= 4.11).
 _NS_GET_NSTYPE = 0xB703
+
+
+def which(name: str) -> str | None:
+    """`shutil.which` without importing shutil (~3 ms with bz2/lzma) on the start-up path."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 class NetnsError(MeshnetError):

@@ -27,7 +27,9 @@ BAD = [
     (["render", "-f", "/nonexistent/spec.yaml"], 1, "spec file"),
     (["istio-iptables", "-n", "-t", "0"], 1, "--istio-inbound-tproxy-mark"),
     (["istio-iptables", "-n", "--force-iptables-binary", "both"], 1, "--force-iptables-binary"),
-    (["istio-iptables", "-n", "--bogus"], 2, "unrecognized arguments"),
+    (["istio-iptables", "-n", "--bogus"], 2, "unknown flag"),
+    (["istio-iptables", "-n", "-b"], 2, "needs an argument"),
+    (["istio-iptables", "-n", "stray"], 2, "unexpected argument"),
 ]
 BAD_ENV = [
     ({"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(str(i) for i in range(65))}, "at most 64"),

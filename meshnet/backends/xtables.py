@@ -12,12 +12,11 @@ own container) the default lock is used, like Istio. The wait is always bounded 
 from __future__ import annotations
 
 import os
-import shutil
 
 from meshnet.backends import LEGACY, NFT
 from meshnet.errors import ApplyError
 from meshnet.model import Family
-from meshnet.netns import Netns, NetnsError
+from meshnet.netns import Netns, NetnsError, which
 from meshnet.records import dataclass
 
 LOCK_WAIT_SECONDS = 10
@@ -42,7 +41,7 @@ class Xtables:
         return f"{base}-{self.variant}-{tool}" if tool else f"{base}-{self.variant}"
 
     def available(self) -> bool:
-        return shutil.which(self.binary(4, "restore")) is not None
+        return which(self.binary(4, "restore")) is not None
 
     def _env(self, netns: Netns) -> dict[str, str] | None:
         if self.variant != "legacy" or netns.is_current():

@@ -15,9 +15,9 @@ CHOICES = ("all", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 
 def _parser() -> argparse.ArgumentParser:
     from meshnet.cli.apply_cmd import add_target_args
-    from meshnet.istio_flags import _Parser
+    from meshnet.istio_flags import new_parser
 
-    parser = _Parser(prog="meshnet cleanup", allow_abbrev=False)
+    parser = new_parser("meshnet cleanup")
     add_target_args(parser)
     parser.add_argument("--backend", default="all", choices=CHOICES,
                         help="only this backend's rules (default all, which also removes TPROXY routing and ::6)")

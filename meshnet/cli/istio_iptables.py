@@ -20,7 +20,7 @@ def _run(argv: list[str]) -> int:
     from meshnet.resolvconf import read_nameservers
 
     env = os.environ
-    ns = istio_flags.make_parser("istio-iptables").parse_args(argv)
+    ns = istio_flags.parse_flags(argv)
     values = istio_flags.values_from(ns, env)
     opts = istio_flags.run_options_from_values(values)
     netns = None

@@ -14,9 +14,9 @@ PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_
 
 def _parser() -> argparse.ArgumentParser:
     from meshnet.cli.apply_cmd import add_target_args
-    from meshnet.istio_flags import _Parser
+    from meshnet.istio_flags import new_parser
 
-    parser = _Parser(prog="meshnet validate", allow_abbrev=False)
+    parser = new_parser("meshnet validate")
     add_target_args(parser)
     parser.add_argument("--probe-port", "--iptables-probe-port", default="15002", help="port dialled on 127.0.0.6")
     parser.add_argument("--timeout", "--probe-timeout", default="5s", help="e.g. 5s, 500ms")
