@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import subprocess
 import threading
 
 from meshnet.errors import MeshnetError
@@ -28,10 +27,13 @@ from meshnet.records import dataclass
 TYPE_CHECKING = False  # `typing` and `socket` cost ~7 ms to import; the CNI/istio-init paths need neither
 if TYPE_CHECKING:
     import socket
+    import subprocess
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, TypeVar
 
     from pyroute2 import IPRoute
+
+    from meshnet.spawn import Completed
 
     _T = TypeVar("_T")
 
@@ -174,30 +176,22 @@ class Netns:
         timeout: float = 30.0,
         check: bool = True,
         env: Mapping[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
+    ) -> Completed:
         """Run argv inside the namespace, text mode, stdout/stderr captured.
 
         ``env`` replaces the environment (subprocess semantics). A timeout or a missing
         executable always raises NetnsError; a non-zero exit raises it only with check=True.
         """
+        from meshnet import spawn  # posix_spawn runner: `subprocess` would add ~7 ms of imports
+
         full = self.argv(argv)
         cmd = shlex.join(argv)
         try:
-            cp = subprocess.run(
-                full,
-                input=input,
-                text=True,
-                encoding="utf-8",  # explicit: text mode would otherwise import locale
-                capture_output=True,
-                timeout=timeout,
-                env=dict(env) if env is not None else None,
-                # stdin must not be inherited: a tool waiting on the terminal would hang the caller.
-                stdin=None if input is not None else subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
+            cp = spawn.run(full, input=input, timeout=timeout, env=env)
+        except spawn.SpawnTimeout:
             raise NetnsError(f"[{self.label}] {cmd}: timed out after {timeout:g}s") from None
         except FileNotFoundError as e:
-            raise NetnsError(f"[{self.label}] {cmd}: executable not found ({e.filename})") from None
+            raise NetnsError(f"[{self.label}] {cmd}: executable not found ({e.filename or full[0]})") from None
         if check and cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or "").splitlines() if ln.strip()]
             last = lines[-1].strip() if lines else "(no stderr)"
@@ -206,6 +200,8 @@ class Netns:
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a process inside the namespace (nsenter execs, so .pid is the program's pid)."""
+        import subprocess
+
         return subprocess.Popen(self.argv(argv), **kw)
 
     # ---------------------------------------------------------------- in-process, via a setns thread
