@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.errors import MeshnetError
 from meshnet.model import Family, RuleSet
+from meshnet.netns import which
 from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
-    from meshnet.netns import Netns, which
+    from meshnet.netns import Netns
     from meshnet.parse.nft_json import NftRuleset
 
 FAMILIES: tuple[Family, ...] = (4, 6)
