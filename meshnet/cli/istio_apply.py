@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from meshnet.spec import Spec
 
 
-def _backend(opts: RunOptions, netns: Netns) -> str:
+def choose_backend(opts: RunOptions, netns: Netns) -> str:
     if opts.native_nftables:
         return "nftables"
     from meshnet.applier import detect_backend
@@ -24,7 +24,7 @@ def _backend(opts: RunOptions, netns: Netns) -> str:
     return detect_backend(netns, force=opts.force_iptables_binary)
 
 
-def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None) -> int:
+def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str | None = None) -> int:
     from meshnet.netns import Netns
 
     target = netns if netns is not None else Netns.resolve()
@@ -36,7 +36,7 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None) -> int:
     if not opts.skip_rule_apply:
         from meshnet.applier import apply_spec
 
-        result = apply_spec(target, spec, backend=_backend(opts, target), reconcile=opts.reconcile,
+        result = apply_spec(target, spec, backend=backend or choose_backend(opts, target), reconcile=opts.reconcile,
                             force=opts.force_apply)
         sys.stdout.write(result.message + "\n")
     if opts.run_validation:

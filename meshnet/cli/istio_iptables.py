@@ -8,6 +8,7 @@ import sys
 from meshnet.cli.errors import guarded
 
 RESOLV_CONF_ENV = "MESHNET_RESOLV_CONF"  # default /etc/resolv.conf, as Istio
+DETECTION_FILES = ("fib_trie", "if_inet6", "ip_tables_names", "ip6_tables_names")
 
 
 def run(argv: list[str]) -> int:
@@ -32,7 +33,17 @@ def _run(argv: list[str]) -> int:
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     if istio_flags.needs_resolv_conf(values):
         servers = read_nameservers(env.get(RESOLV_CONF_ENV, "/etc/resolv.conf"))
-    ipv6 = detect_ipv6(local_addresses(netns), dual_stack)
+    backend: str | None = None
+    if netns is None:
+        ipv6 = detect_ipv6(local_addresses(None), dual_stack)
+    else:
+        # One read of the pod's /proc/net serves IPv6 and backend detection (no ctypes, ~2 ms).
+        with netns.prefetch_proc_net(DETECTION_FILES):
+            ipv6 = detect_ipv6(local_addresses(netns), dual_stack)
+            if not (opts.dry_run or opts.skip_rule_apply or opts.cleanup_only):
+                from meshnet.cli.istio_apply import choose_backend
+
+                backend = choose_backend(opts, netns)
     spec = istio_flags.spec_from_values(values, env, enable_ipv6=ipv6, dns_servers=servers)
     if spec.redirect_dns and not spec.dns_effective:
         sys.stderr.write("istio-iptables: warning: REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, "
@@ -57,4 +68,4 @@ def _run(argv: list[str]) -> int:
         return 0
     from meshnet.cli import istio_apply
 
-    return istio_apply.apply_istio(spec, opts, netns)
+    return istio_apply.apply_istio(spec, opts, netns, backend=backend)
