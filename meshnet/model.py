@@ -8,9 +8,7 @@ explain walks one value.
 
 from __future__ import annotations
 
-import grp
 import ipaddress
-import pwd
 from collections.abc import Iterable
 
 from meshnet.records import dataclass, field
@@ -71,6 +69,9 @@ class Match:
                 return self
         if self.kind in ("uid", "gid") and not self.value.isdigit():
             # The kernel stores ids: iptables-save prints `--gid-owner 0` for `--gid-owner root`.
+            import grp
+            import pwd
+
             try:
                 if self.kind == "uid":
                     return Match(self.kind, str(pwd.getpwnam(self.value).pw_uid), self.negated)

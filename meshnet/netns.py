@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
-import threading
 
 from meshnet.errors import MeshnetError
 from meshnet.records import dataclass
@@ -55,6 +53,12 @@ def which(name: str) -> str | None:
 
 
 _PREFETCHED: dict[str, dict[str, str | None]] = {}
+
+
+def _cmdline(argv: Sequence[str]) -> str:
+    import shlex  # only error messages need quoting
+
+    return shlex.join(argv)
 
 
 class _Prefetch:
@@ -201,17 +205,17 @@ class Netns:
         from meshnet import spawn  # posix_spawn runner: `subprocess` would add ~7 ms of imports
 
         full = self.argv(argv)
-        cmd = shlex.join(argv)
         try:
             cp = spawn.run(full, input=input, timeout=timeout, env=env)
         except spawn.SpawnTimeout:
-            raise NetnsError(f"[{self.label}] {cmd}: timed out after {timeout:g}s") from None
+            raise NetnsError(f"[{self.label}] {_cmdline(argv)}: timed out after {timeout:g}s") from None
         except FileNotFoundError as e:
-            raise NetnsError(f"[{self.label}] {cmd}: executable not found ({e.filename or full[0]})") from None
+            missing = e.filename or full[0]
+            raise NetnsError(f"[{self.label}] {_cmdline(argv)}: executable not found ({missing})") from None
         if check and cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or "").splitlines() if ln.strip()]
             last = lines[-1].strip() if lines else "(no stderr)"
-            raise NetnsError(f"[{self.label}] {cmd}: exit status {cp.returncode}: {last}")
+            raise NetnsError(f"[{self.label}] {_cmdline(argv)}: exit status {cp.returncode}: {last}")
         return cp
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
@@ -241,6 +245,8 @@ class Netns:
                     result.append(fn())
                 except BaseException as e:  # re-raised in the caller
                     error.append(e)
+
+            import threading  # lazy: only in-process namespace work needs a thread
 
             t = threading.Thread(target=target, name=f"netns:{self.label}", daemon=True)
             t.start()
