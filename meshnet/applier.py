@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     from meshnet.backends.xt_cleanup import Removal
 
-__all__ = ["ApplyResult", "CleanupResult", "Status", "apply_spec", "cleanup", "detect_backend", "spec_for_netns",
-           "status"]
+__all__ = ["ApplyResult", "CleanupResult", "Status", "apply_spec", "cleanup", "detect_backend", "prepare",
+           "spec_for_netns", "status"]
 
 GUARDRAILS = ("INPUT", "FORWARD", "OUTPUT")
 
@@ -115,6 +115,21 @@ def _resolve(netns: Netns, backend: str) -> str:
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: expected auto, {', '.join(BACKENDS)}")
     return backend
+
+
+DETECTION_FILES = ("fib_trie", "if_inet6", "ip_tables_names", "ip6_tables_names")
+
+
+def prepare(netns: Netns, spec: Spec, backend: str = "auto", force: str = "") -> tuple[Spec, str]:
+    """IPv6 (from the pod's addresses) and the backend, from one snapshot of the pod's /proc/net.
+
+    One `nsenter grep` instead of four setns reads (and no ctypes import): the detection half
+    of a pod start. The snapshot ends before anything is written.
+    """
+    with netns.prefetch_proc_net(DETECTION_FILES):
+        spec = spec_for_netns(spec, netns)
+        chosen = detect_backend(netns, force) if backend == "auto" else backend
+    return spec, chosen
 
 
 def spec_for_netns(spec: Spec, netns: Netns) -> Spec:

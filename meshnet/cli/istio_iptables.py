@@ -8,7 +8,6 @@ import sys
 from meshnet.cli.errors import guarded
 
 RESOLV_CONF_ENV = "MESHNET_RESOLV_CONF"  # default /etc/resolv.conf, as Istio
-DETECTION_FILES = ("fib_trie", "if_inet6", "ip_tables_names", "ip6_tables_names")
 
 
 def run(argv: list[str]) -> int:
@@ -37,6 +36,8 @@ def _run(argv: list[str]) -> int:
     if netns is None:
         ipv6 = detect_ipv6(local_addresses(None), dual_stack)
     else:
+        from meshnet.applier import DETECTION_FILES
+
         # One read of the pod's /proc/net serves IPv6 and backend detection (no ctypes, ~2 ms).
         with netns.prefetch_proc_net(DETECTION_FILES):
             ipv6 = detect_ipv6(local_addresses(netns), dual_stack)

@@ -71,10 +71,10 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         log.info("skipped", reason=reason)
         return passthrough_result(doc, config.cni_version)
     netns = _netns(env)
-    from meshnet.applier import apply_spec, spec_for_netns
+    from meshnet.applier import apply_spec, prepare
 
     try:
-        spec = spec_for_netns(_pod_spec(pod, config), netns)
+        spec, backend = prepare(netns, _pod_spec(pod, config), config.backend)
     except SpecError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
@@ -84,7 +84,7 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     try:
         # reconcile: at sandbox creation the pod's annotations are the truth; stale rules from an
         # earlier ADD with other annotations are replaced (same rules again: a no-op).
-        result = apply_spec(netns, spec, backend=config.backend, reconcile=True)
+        result = apply_spec(netns, spec, backend=backend, reconcile=True)
     except MeshnetError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None
