@@ -1,20 +1,21 @@
 """Local addresses of a namespace and Istio's IPv6 detection rule, without netlink libraries.
 
 IPv4 local addresses come from /proc/net/fib_trie (LOCAL host routes), IPv6 from
-/proc/net/if_inet6: both are per network namespace and cheap to read.
+/proc/net/if_inet6: both are per network namespace and cheap to read. The detection used at pod
+start (`ipv6_enabled`) works on the text itself, so a pod start does not import `ipaddress`.
 """
 
 from __future__ import annotations
-
-import ipaddress
 
 from meshnet.errors import ApplyError
 
 TYPE_CHECKING = False  # keep `typing` off the start-up path
 if TYPE_CHECKING:
+    import ipaddress
+
     from meshnet.netns import Netns
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _read(netns: Netns | None, name: str) -> str:
@@ -24,36 +25,65 @@ def _read(netns: Netns | None, name: str) -> str:
     return netns.read_proc_net(name)
 
 
-def parse_fib_trie_locals(text: str) -> list[ipaddress.IPv4Address]:
-    out: list[ipaddress.IPv4Address] = []
+def fib_trie_locals(text: str) -> list[str]:
+    """IPv4 addresses of the namespace: the `/32 host LOCAL` leaves of the FIB trie, in order."""
+    out: list[str] = []
     last_leaf: str | None = None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("|--"):
             last_leaf = stripped[3:].strip()
-        elif "host LOCAL" in stripped and last_leaf:
-            addr = ipaddress.IPv4Address(last_leaf)
-            if addr not in out:
-                out.append(addr)
+        elif "host LOCAL" in stripped and last_leaf and last_leaf not in out:
+            out.append(last_leaf)
     return out
 
 
-def parse_if_inet6(text: str) -> list[ipaddress.IPv6Address]:
-    out: list[ipaddress.IPv6Address] = []
+def if_inet6_hex(text: str) -> list[str]:
+    """IPv6 addresses of the namespace as /proc/net/if_inet6 prints them (32 hex digits)."""
+    out: list[str] = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 6 and len(fields[0]) == 32:
-            out.append(ipaddress.IPv6Address(int(fields[0], 16)))
+            out.append(fields[0].lower())
     return out
 
 
-def local_addresses(netns: Netns | None = None) -> list[IPAddress]:
-    addrs: list[IPAddress] = list(parse_fib_trie_locals(_read(netns, "fib_trie")))
+def _usable_v4(addr: str) -> bool:
+    return not (addr.startswith(("127.", "169.254.")) or addr == "0.0.0.0")
+
+
+def _usable_v6(hex32: str) -> bool:
+    loopback, unspecified = "0" * 31 + "1", "0" * 32
+    link_local = hex32[:2] == "fe" and hex32[2] in "89ab"  # fe80::/10
+    return not (hex32 in (loopback, unspecified) or link_local)
+
+
+def _read_families(netns: Netns | None) -> tuple[list[str], list[str]]:
+    v4 = fib_trie_locals(_read(netns, "fib_trie"))
     try:
-        addrs.extend(parse_if_inet6(_read(netns, "if_inet6")))
+        v6 = if_inet6_hex(_read(netns, "if_inet6"))
     except OSError:
-        pass  # IPv6 disabled in this kernel/namespace
-    return addrs
+        v6 = []  # IPv6 disabled in this kernel/namespace
+    return v4, v6
+
+
+def ipv6_enabled(netns: Netns | None, dual_stack: bool) -> bool:
+    """Istio's rule: IPv6 iff the first usable address is v6 (Go lists IPv4 first); with dual
+    stack, iff any usable v6 address exists. No usable address at all is an error, as in Istio."""
+    v4, v6 = _read_families(netns)
+    has_v4 = any(_usable_v4(a) for a in v4)
+    has_v6 = any(_usable_v6(a) for a in v6)
+    if not (has_v4 or has_v6):
+        raise ApplyError("no valid local IP address found in the pod network namespace")
+    return has_v6 and (dual_stack or not has_v4)
+
+
+def local_addresses(netns: Netns | None = None) -> list[IPAddress]:
+    """Every local address as an ipaddress object (for diagnostics; pod start uses ipv6_enabled)."""
+    import ipaddress
+
+    v4, v6 = _read_families(netns)
+    return [ipaddress.IPv4Address(a) for a in v4] + [ipaddress.IPv6Address(int(h, 16)) for h in v6]
 
 
 def usable(addr: IPAddress) -> bool:
@@ -61,8 +91,7 @@ def usable(addr: IPAddress) -> bool:
 
 
 def detect_ipv6(addrs: list[IPAddress], dual_stack: bool) -> bool:
-    """Istio's rule: IPv6 iff the first usable address is v6 (Go lists IPv4 first); with
-    dual stack, iff any usable v6 address exists."""
+    """`ipv6_enabled` over already-parsed addresses."""
     good = [a for a in addrs if usable(a)]
     if not good:
         raise ApplyError("no valid local IP address found in the pod network namespace")

@@ -134,9 +134,9 @@ def prepare(netns: Netns, spec: Spec, backend: str = "auto", force: str = "") ->
 
 def spec_for_netns(spec: Spec, netns: Netns) -> Spec:
     """Fill `enable_ipv6` the way Istio does, from the pod's own addresses."""
-    from meshnet.addresses import detect_ipv6, local_addresses
+    from meshnet.addresses import ipv6_enabled
 
-    return spec.with_changes(enable_ipv6=detect_ipv6(local_addresses(netns), spec.dual_stack))
+    return spec.with_changes(enable_ipv6=ipv6_enabled(netns, spec.dual_stack))
 
 
 # ------------------------------------------------------------------------------------ apply

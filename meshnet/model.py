@@ -8,7 +8,6 @@ explain walks one value.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from meshnet.records import dataclass, field
@@ -61,10 +60,16 @@ class Match:
         return " ".join(self.tokens())
 
     def canonical(self) -> Match:
-        """The form the kernel prints back: addresses masked to their network."""
-        if self.kind in ("src", "dst") and "/" in self.value:
+        """The form the kernel prints back: addresses masked to their network, owners as ids."""
+        if self.kind in ("src", "dst"):
+            import ipaddress  # lazy: only comparisons of live rules need it
+
             try:
-                return Match(self.kind, ipaddress.ip_network(self.value, strict=False).with_prefixlen, self.negated)
+                if "/" in self.value:
+                    net = ipaddress.ip_network(self.value, strict=False).with_prefixlen
+                    return Match(self.kind, net, self.negated)
+                addr = ipaddress.ip_address(self.value)
+                return Match(self.kind, f"{addr}/{addr.max_prefixlen}", self.negated)
             except ValueError:
                 return self
         if self.kind in ("uid", "gid") and not self.value.isdigit():
@@ -77,12 +82,6 @@ class Match:
                     return Match(self.kind, str(pwd.getpwnam(self.value).pw_uid), self.negated)
                 return Match(self.kind, str(grp.getgrnam(self.value).gr_gid), self.negated)
             except KeyError:
-                return self
-        if self.kind in ("src", "dst"):
-            try:
-                addr = ipaddress.ip_address(self.value)
-                return Match(self.kind, f"{addr}/{addr.max_prefixlen}", self.negated)
-            except ValueError:
                 return self
         return self
 

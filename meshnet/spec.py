@@ -6,8 +6,6 @@ YAML, pod annotations) produce it. Field names follow Istio's Config fields, in 
 
 from __future__ import annotations
 
-import ipaddress
-
 from meshnet import validate as v
 from meshnet.errors import SpecError
 from meshnet.records import asdict, dataclass, fields, replace
@@ -89,6 +87,9 @@ SPEC_FIELDS = {f.name for f in fields(Spec)}
 
 
 def _split_family(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    if not cidrs:
+        return [], []
+    import ipaddress  # lazy: pods without CIDRs never need it
     v4 = [c for c in cidrs if ipaddress.ip_interface(c).version == 4]
     v6 = [c for c in cidrs if ipaddress.ip_interface(c).version == 6]
     return v4, v6
@@ -103,6 +104,10 @@ def cidrs_v6(cidrs: tuple[str, ...]) -> list[str]:
 
 
 def has_loopback(cidrs: tuple[str, ...]) -> bool:
+    if not cidrs:
+        return False
+    import ipaddress
+
     return any(ipaddress.ip_interface(c).ip.is_loopback for c in cidrs)
 
 
@@ -144,13 +149,20 @@ def check_spec(spec: Spec) -> None:
                 f"at most {v.MAX_OWNER_GROUPS_INCLUDE} owner groups can be captured, "
                 f"got {len(spec.owner_groups_include)}",
             )
+    if spec.dns_servers_v4 or spec.dns_servers_v6:
+        _check_dns_servers(spec)
+    v.parse_loopback_cidr("ipv4_loopback_cidr", spec.ipv4_loopback_cidr)
+
+
+def _check_dns_servers(spec: Spec) -> None:
+    import ipaddress
+
     for server in spec.dns_servers_v4:
         if ipaddress.ip_address(v.parse_ip("dns_servers_v4", server)).version != 4:
             raise SpecError("dns_servers_v4", server, "not an IPv4 address")
     for server in spec.dns_servers_v6:
         if ipaddress.ip_address(v.parse_ip("dns_servers_v6", server)).version != 6:
             raise SpecError("dns_servers_v6", server, "not an IPv6 address")
-    v.parse_loopback_cidr("ipv4_loopback_cidr", spec.ipv4_loopback_cidr)
 
 
 def _check_owner_tuple(name: str, values: tuple[str, ...]) -> None:

@@ -6,7 +6,6 @@ variable, YAML field or pod annotation can inject text into a restore or nft tra
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from meshnet.errors import SpecError
@@ -62,6 +61,8 @@ def format_cidr(field: str, text: str) -> str:
     """Validate a CIDR and render it the way Go's netip.Prefix.String() does (address kept, not masked)."""
     if "/" not in text:
         raise SpecError(field, text, "expected a CIDR such as 10.0.0.0/8 (prefix length missing)")
+    import ipaddress  # lazy: ~2.5 ms, and most pods carry no CIDR at all
+
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError as exc:
@@ -118,6 +119,10 @@ def parse_bool(field: str, value: str | bool) -> bool:
 
 
 def parse_loopback_cidr(field: str, value: str) -> str:
+    if value == "127.0.0.1/32":
+        return value  # the default, known good: no need to load ipaddress for it
+    import ipaddress
+
     text = format_cidr(field, value.strip())
     net = ipaddress.ip_interface(text)
     if net.version != 4 or not net.ip.is_loopback:
@@ -129,6 +134,8 @@ def parse_loopback_cidr(field: str, value: str) -> str:
 
 def parse_ip(field: str, value: str) -> str:
     # Istio renders resolv.conf servers verbatim (e.g. "::127.0.0.53/128"), so keep the text.
+    import ipaddress
+
     text = value.strip()
     try:
         ipaddress.ip_address(text)

@@ -40,11 +40,11 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
                             force=opts.force_apply)
         sys.stdout.write(result.message + "\n")
     if opts.run_validation:
-        from meshnet.addresses import detect_ipv6, local_addresses
+        from meshnet.addresses import ipv6_enabled
         from meshnet.validation import validate
 
         # Istio validates over the host IP's family: IPv6 only when the pod has no usable IPv4.
-        ipv6 = detect_ipv6(local_addresses(target), dual_stack=False)
+        ipv6 = ipv6_enabled(target, dual_stack=False)
         uid = int(spec.proxy_uids[0]) if spec.proxy_uids[0].isdigit() else 1337
         sys.stdout.write(validate(target, probe_port=opts.probe_port, timeout=opts.probe_timeout, ipv6=ipv6,
                                   uid=uid) + "\n")

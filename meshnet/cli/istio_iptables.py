@@ -16,7 +16,7 @@ def run(argv: list[str]) -> int:
 
 def _run(argv: list[str]) -> int:
     from meshnet import istio_flags
-    from meshnet.addresses import detect_ipv6, local_addresses
+    from meshnet.addresses import ipv6_enabled
     from meshnet.resolvconf import read_nameservers
 
     env = os.environ
@@ -34,13 +34,13 @@ def _run(argv: list[str]) -> int:
         servers = read_nameservers(env.get(RESOLV_CONF_ENV, "/etc/resolv.conf"))
     backend: str | None = None
     if netns is None:
-        ipv6 = detect_ipv6(local_addresses(None), dual_stack)
+        ipv6 = ipv6_enabled(None, dual_stack)
     else:
         from meshnet.applier import DETECTION_FILES
 
         # One read of the pod's /proc/net serves IPv6 and backend detection (no ctypes, ~2 ms).
         with netns.prefetch_proc_net(DETECTION_FILES):
-            ipv6 = detect_ipv6(local_addresses(netns), dual_stack)
+            ipv6 = ipv6_enabled(netns, dual_stack)
             if not (opts.dry_run or opts.skip_rule_apply or opts.cleanup_only):
                 from meshnet.cli.istio_apply import choose_backend
 

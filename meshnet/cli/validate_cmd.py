@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     from meshnet import validate as v
-    from meshnet.addresses import detect_ipv6, local_addresses
+    from meshnet.addresses import ipv6_enabled
     from meshnet.cli.apply_cmd import resolve_target
     from meshnet.istio_flags import parse_duration
     from meshnet.validation import validate
@@ -37,7 +37,7 @@ def run(argv: list[str]) -> int:
     port = v.parse_port("--probe-port", ns.probe_port)
     timeout = parse_duration("--timeout", ns.timeout)
     uid = v.parse_int("--uid", ns.uid, 0, 0xFFFFFFFE)
-    ipv6 = ns.ipv6 or detect_ipv6(local_addresses(netns), dual_stack=False)
+    ipv6 = ns.ipv6 or ipv6_enabled(netns, dual_stack=False)
     sys.stdout.write(validate(netns, probe_port=port, timeout=timeout, ipv6=ipv6, uid=uid, gid=uid) + "\n")
     return 0
 
