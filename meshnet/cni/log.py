@@ -7,9 +7,10 @@ Logging must never fail a pod start: write errors are swallowed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 
 _RANK = {"debug": 10, "info": 20, "warn": 30, "error": 40, "none": 100}
 

@@ -1,0 +1,63 @@
+"""meshnet.jsonlite gives exactly what json gives, for valid and invalid documents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshnet import jsonlite
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text())
+documents = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids), st.dictionaries(st.text(), kids)),
+                         max_leaves=20)
+
+
+@settings(max_examples=400)
+@given(documents)
+def test_round_trip_identical_to_json(doc: object) -> None:
+    text = json.dumps(doc)
+    assert jsonlite.dumps(doc) == text
+    assert jsonlite.loads(text) == json.loads(text)
+    assert jsonlite.loads(text.encode()) == json.loads(text)
+
+
+@settings(max_examples=400)
+@given(st.text(max_size=40))
+def test_invalid_documents_raise_value_error_like_json(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            jsonlite.loads(text)
+        return
+    assert jsonlite.loads(text) == expected
+
+
+def test_errors_are_json_decode_errors_under_isolated_mode() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    code = (f"import sys; sys.path.insert(0, {root!r}); import meshnet.jsonlite as j\n"
+            "for bad in ('{', '[1,]', '{} x', ''):\n"
+            "    try: j.loads(bad)\n"
+            "    except ValueError as e: print(type(e).__name__)\n")
+    out = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["JSONDecodeError"] * 4, out.stderr
+
+
+def test_unserialisable_values_use_default_or_raise() -> None:
+    assert jsonlite.dumps({"x": {1, 2}}, default=sorted) == '{"x": [1, 2]}'
+    with pytest.raises(TypeError):
+        jsonlite.dumps({"x": object()})
+
+
+def test_importing_it_does_not_import_json_or_re() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    code = (f"import sys; sys.path.insert(0, {root!r}); import meshnet.jsonlite as j; j.loads('{{\"a\": [1]}}');"
+            " print('json' in sys.modules, 're' in sys.modules)")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False False", out.stderr
