@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,10 @@ def test_install_builds_a_runnable_zipapp(node: dict[str, Path]) -> None:
     out = cni("install", "--conflist", str(node["conflist"]), "--bin-dir", str(node["bin_dir"]))
     assert out.exit_code == 0, out.output
     binary = node["bin_dir"] / PLUGIN_TYPE
-    assert binary.read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
+    data = binary.read_bytes()
+    # An sh launcher that execs python3 -IS with the file itself on sys.path, then the zip data.
+    assert data.startswith(b"#!/bin/sh\nexec /usr/bin/python3 -IS -c ")
+    assert zipfile.is_zipfile(binary)
     cp = subprocess.run([str(binary)], input='{"cniVersion":"1.1.0"}', capture_output=True, text=True,
                         env={"CNI_COMMAND": "VERSION"}, timeout=30)
     assert cp.returncode == 0 and json.loads(cp.stdout)["cniVersion"] == "1.1.0"
