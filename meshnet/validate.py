@@ -6,16 +6,33 @@ variable, YAML field or pod annotation can inject text into a restore or nft tra
 
 from __future__ import annotations
 
-import re
-
 from meshnet.errors import SpecError
 
-# Linux IFNAMSIZ is 16 including the NUL. iptables accepts a trailing '+' wildcard.
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\+?$")
-# Users and groups may be numeric ids or names (iptables' owner match resolves names).
-_OWNER_RE = re.compile(r"^(?:[0-9]{1,10}|[A-Za-z_][A-Za-z0-9_.-]{0,31})$")
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f\"'`;#{}$\\]")
+# Character classes as sets, not regexes: `re` (with enum) costs ~5 ms at every pod start.
+_DIGITS = frozenset("0123456789")
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_IFACE_CHARS = _LETTERS | _DIGITS | frozenset("_.@:-")
+_OWNER_CHARS = _LETTERS | _DIGITS | frozenset("_.-")
+_FORBIDDEN = frozenset("\"'`;#{}$\\\x7f")
 MAX_OWNER_GROUPS_INCLUDE = 64
+
+
+def _has_forbidden(text: str) -> bool:
+    return any(c in _FORBIDDEN or c.isspace() or c < " " for c in text)
+
+
+def is_interface_name(name: str) -> bool:
+    """Linux IFNAMSIZ is 16 including the NUL; iptables accepts a trailing '+' wildcard."""
+    base = name[:-1] if name.endswith("+") else name
+    return 1 <= len(base) <= 15 and all(c in _IFACE_CHARS for c in base) and name not in (".", "..")
+
+
+def is_owner(owner: str) -> bool:
+    """A numeric id (up to 10 digits) or a user/group name (iptables' owner match resolves names)."""
+    if owner and all(c in _DIGITS for c in owner):
+        return len(owner) <= 10
+    return (1 <= len(owner) <= 32 and (owner[0] in _LETTERS or owner[0] == "_")
+            and all(c in _OWNER_CHARS for c in owner))
 
 
 def split_list(field: str, value: str) -> list[str]:
@@ -27,7 +44,7 @@ def split_list(field: str, value: str) -> list[str]:
         item = raw.strip(" \t")
         if not item:
             continue
-        if _FORBIDDEN.search(item):
+        if _has_forbidden(item):
             raise SpecError(field, value, f"item {item!r} contains whitespace or a forbidden character")
         items.append(item)
     return items
@@ -86,7 +103,7 @@ def parse_cidrs(field: str, value: str, *, allow_wildcard: bool) -> tuple[bool, 
 def parse_interfaces(field: str, value: str) -> tuple[str, ...]:
     names = split_list(field, value)
     for name in names:
-        if not _IFACE_RE.match(name) or name in (".", ".."):
+        if not is_interface_name(name):
             raise SpecError(field, name, "not a valid interface name (1-15 of A-Z a-z 0-9 _ . @ : -)")
     return tuple(names)
 
@@ -94,7 +111,7 @@ def parse_interfaces(field: str, value: str) -> tuple[str, ...]:
 def parse_owners(field: str, value: str) -> tuple[str, ...]:
     owners = split_list(field, value)
     for owner in owners:
-        if not _OWNER_RE.match(owner):
+        if not is_owner(owner):
             raise SpecError(field, owner, "expected a numeric id or a user/group name")
     return tuple(owners)
 
