@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet import validate as v
 from meshnet.errors import SpecError
 from meshnet.records import dataclass
 from meshnet.spec import Spec
+
+TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 A_MODE = "sidecar.istio.io/interceptionMode"
 A_INCLUDE_CIDRS = "traffic.sidecar.istio.io/includeOutboundIPRanges"

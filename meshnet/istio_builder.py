@@ -6,10 +6,14 @@ second builder producing the same model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from meshnet.model import Family, IptablesPlan, Match, Op, Rule, Target
 from meshnet.spec import Spec, cidrs_v4, cidrs_v6, has_loopback
+
+TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Versioned = Callable[[Family], tuple[Match, ...]]
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
 ISTIO_INBOUND = "ISTIO_INBOUND"
@@ -26,7 +30,6 @@ DNS_LISTENER_PORT = "15053"
 INBOUND_PASSTHROUGH = {4: "127.0.0.6/32", 6: "::6/128"}
 
 M = Match
-Versioned = Callable[[Family], tuple[Match, ...]]
 
 
 def j(name: str, *args: str) -> Target:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import sys
-from collections.abc import Mapping, Sequence
 
 from meshnet import validate as v
 from meshnet.errors import SpecError, UsageError
@@ -19,6 +18,7 @@ from meshnet.spec import Spec
 TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
 

@@ -8,12 +8,11 @@ explain walks one value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from meshnet.records import dataclass, field
 
 TYPE_CHECKING = False  # `typing` costs ~4 ms at start-up; only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Literal
 
     Family = Literal[4, 6]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from meshnet.annotations import spec_from_annotations
 from meshnet.cni.config import PluginConfig
@@ -27,6 +26,7 @@ from meshnet.spec import Spec
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 

@@ -6,14 +6,13 @@ a known field with a bad value is an invalid-config CNI error naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from meshnet.annotations import CniDefaults
 from meshnet.cni.protocol import E_INVALID_CONFIG, CniError, check_version
 from meshnet.records import dataclass
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "none")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.cni.protocol import E_INVALID_CONFIG, E_TRY_AGAIN, CniError
 from meshnet.records import dataclass
+
+TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 
 @dataclass(frozen=True)

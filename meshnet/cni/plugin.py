@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
 
 from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.cni.protocol import (
@@ -24,6 +23,7 @@ from meshnet.cni.protocol import (
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import IO, Any
 
 

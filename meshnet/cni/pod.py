@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from meshnet.annotations import A_INJECT, A_STATUS, interception_mode
 from meshnet.cni.config import PluginConfig
 from meshnet.records import dataclass, field
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 PROXY_CONTAINER = "istio-proxy"

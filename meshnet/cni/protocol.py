@@ -6,13 +6,13 @@ Stdlib only (json, os): this module is on every pod start's import path.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.records import dataclass, field
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")

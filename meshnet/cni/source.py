@@ -3,8 +3,6 @@ annotations the runtime passes through the `io.kubernetes.cri.pod-annotations` c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from meshnet.cni.config import PluginConfig, runtime_annotations
 from meshnet.cni.log import Log
 from meshnet.cni.pod import PodInfo, pod_from_api
@@ -12,6 +10,7 @@ from meshnet.cni.protocol import CniEnv
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 

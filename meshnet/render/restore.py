@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from meshnet.model import BUILTIN_CHAINS, TABLE_ORDER, Family, IptablesPlan, Op
+
+TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def render_restore(ops: Sequence[Op]) -> str:
