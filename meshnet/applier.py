@@ -183,13 +183,18 @@ def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: 
         _write_xtables(netns, spec, plan, xt, name, live_text)
         return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
     if not drift and not force:
-        changes = _ensure_routing(netns, spec)
-        what = "; restored missing routing" if not changes.empty else ""
-        return ApplyResult(name, not changes.empty, f"already applied in {netns.label}: no change{what}")
+        return _already_applied(netns, spec, name)
     if not reconcile:
         raise _drift_error(netns, name, drift, force)
     _reconcile_xtables(netns, spec, plan, xt, name, live_text)
     return ApplyResult(name, True, f"reconciled {netns.label}: {len(drift)} difference(s) replaced by the spec")
+
+
+def _already_applied(netns: Netns, spec: Spec, backend: str) -> ApplyResult:
+    """The rules match the spec: only TPROXY routing / ::6 may need restoring."""
+    changes = _ensure_routing(netns, spec)
+    what = "; restored missing routing" if not changes.empty else ""
+    return ApplyResult(backend, not changes.empty, f"already applied in {netns.label}: no change{what}")
 
 
 def _count(plan: IptablesPlan) -> int:
@@ -359,9 +364,7 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
     if not present.empty:
         drift = nftables.drift(plan, present)
         if not drift and not force:
-            changes = _ensure_routing(netns, spec)
-            what = "; restored missing routing" if not changes.empty else ""
-            return ApplyResult(NFTABLES, not changes.empty, f"already applied in {netns.label}: no change{what}")
+            return _already_applied(netns, spec, NFTABLES)
         if not reconcile:
             raise _drift_error(netns, NFTABLES, drift, force)
         # Old tables out and new ones in, in the same transaction: no window to guard.
