@@ -177,6 +177,8 @@ def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: 
 
     xt = _xt_for(name)
     plan = build_iptables(spec)
+    if name != IPTC and _one_atomic_restore(plan) and _try_fresh_write(netns, plan, xt):
+        return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
     live_text = {fam: xt.save(netns, fam) for fam in plan.families()}
     residue, drift = _xt_drift(plan, live_text)
     if not residue:
@@ -188,6 +190,30 @@ def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: 
         raise _drift_error(netns, name, drift, force)
     _reconcile_xtables(netns, spec, plan, xt, name, live_text)
     return ApplyResult(name, True, f"reconciled {netns.label}: {len(drift)} difference(s) replaced by the spec")
+
+
+def _one_atomic_restore(plan: IptablesPlan) -> bool:
+    """One family, one table (the default REDIRECT pod: IPv4 nat only) and so no routing to add.
+
+    iptables-restore commits table by table, so only such a payload is all-or-nothing.
+    """
+    return plan.families() == (4,) and len({op.rule.table for op in plan.v4}) == 1
+
+
+def _try_fresh_write(netns: Netns, plan: IptablesPlan, xt: Xtables) -> bool:
+    """Write without reading first: on a fresh pod that saves a whole `*-save` run.
+
+    The payload declares every ISTIO chain with `-N`, so it fails, and commits nothing, whenever
+    any of them exists already; any failure sends the caller down the normal read-compare path,
+    which then finds the residue (no-op or drift) or reports the real error.
+    """
+    from meshnet.render.restore import render_family
+
+    try:
+        xt.restore(netns, 4, render_family(plan, 4))
+    except ApplyError:
+        return False
+    return True
 
 
 def _already_applied(netns: Netns, spec: Spec, backend: str) -> ApplyResult:
