@@ -14,7 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "istio-iptables":
         from meshnet.cli.istio_iptables import run
 
-        return run(args[1:])
+        code = run(args[1:])
+        if argv is None:  # a real process, not a call from Python: skip the interpreter teardown
+            from meshnet.fastexit import exit_now
+
+            exit_now(code)
+        return code
     from meshnet.cli.app import cli
 
     return cli.main(args=args, prog_name="meshnet", standalone_mode=True) or 0
