@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Inside the VM: two namespaces, Istio's inbound REDIRECT rules, a client reusing one source port
-# toward two ports of the pod. On 6.1 the second connect times out; on >= 6.7 it is remapped.
+# Inside the VM (or any root shell): two namespaces, Istio's inbound REDIRECT rules, a client that
+# reuses one source port toward two ports of the pod. On kernels < 6.7 the second connect hangs
+# (the real "503 UF"); on >= 6.7 it is silently remapped. While the second connect is pending,
+# meshnet's analyzer (stdlib only: its own netlink decoder) inspects the pod and prints its findings.
+# Expects the meshnet package in the directory of this script.
 set -u
+here=$(cd "$(dirname "$0")" && pwd)
+cleanup() { kill "${srv:-}" "${cli:-}" 2>/dev/null; ip netns del mn-vcli 2>/dev/null; ip netns del mn-vsrv 2>/dev/null; }
+trap cleanup EXIT
 ip netns add mn-vcli; ip netns add mn-vsrv
 ip link add mn-vc type veth peer name mn-vs
 ip link set mn-vc netns mn-vcli; ip link set mn-vs netns mn-vsrv
@@ -32,7 +38,17 @@ def dial(port):
         r = "FAIL(%s)" % type(e).__name__
     print("RESULT dport=%d connect=%s after=%.2fs" % (port, r, time.time() - t), flush=True)
     return s
-a = dial(9080); b = dial(8080)'
+a = dial(9080); b = dial(8080)' &
+cli=$!
+sleep 4   # the second connect is pending now (or already remapped on a fixed kernel)
 ip netns exec mn-vsrv conntrack -L 2>/dev/null
-kill $srv
-uname -r
+PYTHONPATH=$here python3 - <<'PY'
+import json
+from meshnet.netns import Netns
+from meshnet.conntrack.snapshot import collect_live
+from meshnet.conntrack.findings import analyze
+for f in analyze(collect_live(Netns.resolve("mn-vsrv"))):
+    print("FINDING", f.kind, f.severity, "-", f.summary)
+PY
+wait $cli
+echo "KERNEL $(uname -r)"

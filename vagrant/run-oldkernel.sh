@@ -7,9 +7,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 vmtool="$root/../shared/tools/oldkernel-vm/run-vm.sh"
 [ -x "$vmtool" ] || { echo "run-oldkernel: $vmtool not found" >&2; exit 2; }
-payload=$(mktemp -d)
-trap 'rm -rf "$payload"' EXIT
-mkdir -p "$payload/meshnet"
+# The runner builds its image with debootstrap and boots it with qemu: install them when missing.
+command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+command -v qemu-system-x86_64 >/dev/null || \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >/dev/null
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+payload=$tmp/meshnet-vm   # the guest sees it as /payload/meshnet-vm
+mkdir -p "$payload"
+
 # Only the stdlib parts are needed inside the VM: the repro script and meshnet's pure-python modules.
-cp -r "$root/meshnet" "$root/probes" "$root/vagrant/collision-repro.sh" "$payload/meshnet/"
-KABI=${1:-${KABI:-6.1.0-56-amd64}} "$vmtool" "$payload" "bash /payload/meshnet/collision-repro.sh"
+cp -r "$root/meshnet" "$root/probes" "$root/vagrant/collision-repro.sh" "$payload/"
+KABI=${1:-${KABI:-6.1.0-56-amd64}} "$vmtool" "$payload" "bash /payload/meshnet-vm/collision-repro.sh"
