@@ -8,6 +8,7 @@ because other software (kube-proxy, CNI plugins) may legitimately add rules to t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Sequence
 
 from meshnet.model import Rule, RuleSet
 from meshnet.records import dataclass, field
@@ -81,18 +82,31 @@ def diff_rulesets(expected: RuleSet, live: RuleSet) -> RuleSetDiff:
     return diff
 
 
+def keyed_diff(expected: Sequence[Hashable], live: Sequence[Hashable]) -> tuple[list[int], list[int], bool]:
+    """(indexes of expected items live lacks, indexes of live items not expected, same items reordered).
+
+    Items compare by key with multiplicity: a rule expected twice and present once is missing once.
+    """
+    missing: list[int] = []
+    left = Counter(live)
+    for i, key in enumerate(expected):
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            missing.append(i)
+    extra: list[int] = []
+    left = Counter(expected)
+    for i, key in enumerate(live):
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            extra.append(i)
+    return missing, extra, not missing and not extra and list(expected) != list(live)
+
+
 def _compare_exact(diff: RuleSetDiff, fam: int, table: str, chain: str, exp: list[Rule], live: list[Rule]) -> None:
-    exp_count = Counter(r.key() for r in exp)
-    live_count = Counter(r.key() for r in live)
-    for rule in exp:
-        if live_count[rule.key()] < exp_count[rule.key()] and rule.key() in exp_count:
-            diff.entries.append(DiffEntry("missing", fam, table, chain, rule))
-            exp_count[rule.key()] -= 1
-    exp_count = Counter(r.key() for r in exp)
-    for rule in live:
-        if exp_count[rule.key()] < live_count[rule.key()]:
-            diff.entries.append(DiffEntry("extra", fam, table, chain, rule))
-            live_count[rule.key()] -= 1
-    if Counter(r.key() for r in exp) == Counter(r.key() for r in live) and \
-            [r.key() for r in exp] != [r.key() for r in live]:
+    missing, extra, reordered = keyed_diff([r.key() for r in exp], [r.key() for r in live])
+    diff.entries.extend(DiffEntry("missing", fam, table, chain, exp[i]) for i in missing)
+    diff.entries.extend(DiffEntry("extra", fam, table, chain, live[i]) for i in extra)
+    if reordered:
         diff.entries.append(DiffEntry("reordered", fam, table, chain, detail="same rules, different order"))

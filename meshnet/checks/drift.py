@@ -4,8 +4,6 @@ a redirect chain without its REDIRECT)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.checks import Context, Finding
 from meshnet.compare import RuleSetDiff, diff_rulesets
@@ -75,25 +73,16 @@ def diff_live(live: LiveState, spec: Spec, default_backend: str) -> LiveDiff:
 
 def diff_nft(expected: dict[tuple[str, str], list[NftRule]],
              live: dict[tuple[str, str], list[NftRule]]) -> list[NftDiffEntry]:
+    from meshnet.compare import keyed_diff
     from meshnet.parse.nft_json import nft_key
 
     out: list[NftDiffEntry] = []
     for table, chain in [*expected, *(k for k in live if k not in expected)]:
         exp, got = expected.get((table, chain), []), live.get((table, chain), [])
-        exp_keys, got_keys = [nft_key(r) for r in exp], [nft_key(r) for r in got]
-        left = Counter(got_keys)
-        for rule, key in zip(exp, exp_keys, strict=True):
-            if left[key] > 0:
-                left[key] -= 1
-            else:
-                out.append(NftDiffEntry("missing", table, chain, rule))
-        left = Counter(exp_keys)
-        for rule, key in zip(got, got_keys, strict=True):
-            if left[key] > 0:
-                left[key] -= 1
-            else:
-                out.append(NftDiffEntry("extra", table, chain, rule))
-        if Counter(exp_keys) == Counter(got_keys) and exp_keys != got_keys:
+        missing, extra, reordered = keyed_diff([nft_key(r) for r in exp], [nft_key(r) for r in got])
+        out.extend(NftDiffEntry("missing", table, chain, exp[i]) for i in missing)
+        out.extend(NftDiffEntry("extra", table, chain, got[i]) for i in extra)
+        if reordered:
             out.append(NftDiffEntry("reordered", table, chain, detail="same rules, different order"))
     return out
 
