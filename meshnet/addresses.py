@@ -78,6 +78,23 @@ def ipv6_enabled(netns: Netns | None, dual_stack: bool) -> bool:
     return has_v6 and (dual_stack or not has_v4)
 
 
+def _usable_v6_text(addr: str) -> bool:
+    first = addr.split(":", 1)[0].lower()
+    link_local = len(first) == 4 and first[:3] in ("fe8", "fe9", "fea", "feb")
+    return not (link_local or addr in ("::1", "::"))
+
+
+def ipv6_from_addresses(cidrs: list[str], dual_stack: bool) -> bool | None:
+    """Istio's rule over addresses given as text (a CNI result's `ips`): None when none is usable,
+    so the caller reads the namespace instead."""
+    hosts = [c.split("/", 1)[0] for c in cidrs]
+    has_v4 = any(_usable_v4(h) for h in hosts if ":" not in h)
+    has_v6 = any(_usable_v6_text(h) for h in hosts if ":" in h)
+    if not (has_v4 or has_v6):
+        return None
+    return has_v6 and (dual_stack or not has_v4)
+
+
 def local_addresses(netns: Netns | None = None) -> list[IPAddress]:
     """Every local address as an ipaddress object (for diagnostics; pod start uses ipv6_enabled)."""
     import ipaddress

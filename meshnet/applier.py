@@ -19,7 +19,7 @@ from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
 from meshnet.backends.xtables import Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
 from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
-from meshnet.netns import Netns
+from meshnet.netns import Netns, NetnsError
 from meshnet.records import dataclass, field
 from meshnet.spec import Spec
 
@@ -142,10 +142,42 @@ def spec_for_netns(spec: Spec, netns: Netns) -> Spec:
 # ------------------------------------------------------------------------------------ apply
 def apply_spec(netns: Netns, spec: Spec, *, backend: str = "auto", reconcile: bool = False,
                force: bool = False) -> ApplyResult:
+    if backend == "auto":
+        fresh = _try_fresh_auto(netns, spec)
+        if fresh is not None:
+            return fresh
     name = _resolve(netns, backend)
     if name == NFTABLES:
         return _apply_nft(netns, spec, reconcile, force)
     return _apply_xtables(netns, spec, name, reconcile, force)
+
+
+# Exit 97 when the namespace has any legacy table, else become the restore: backend detection and
+# the write of a fresh pod in one spawn (POSIX sh builtins only; /proc/net is the namespace's own).
+_NO_LEGACY_THEN = ('for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names; do '
+                   'read -r t 2>/dev/null < "$f" && exit 97; done; exec "$@"')
+
+
+def _try_fresh_auto(netns: Netns, spec: Spec) -> ApplyResult | None:
+    """`auto` on a fresh pod: iptables-nft, unless legacy tables exist, written in one go.
+
+    Only for plans that one restore commits all-or-nothing (see _one_atomic_restore). None means
+    "take the normal path": legacy tables present (so Istio's detection must decide), ISTIO
+    chains already there (no-op or drift), or any other failure (reported by the normal path).
+    """
+    from meshnet.istio_builder import build_iptables
+    from meshnet.render.restore import render_family
+
+    plan = build_iptables(spec)
+    xt = Xtables("nft")
+    if not _one_atomic_restore(plan) or not xt.available():
+        return None
+    argv = ["sh", "-c", _NO_LEGACY_THEN, "sh", *xt.restore_argv(4)]
+    try:
+        done = netns.run(argv, input=render_family(plan, 4), check=False).returncode == 0
+    except NetnsError:
+        return None
+    return ApplyResult(NFT, True, f"applied {_count(plan)} rules with {NFT} in {netns.label}") if done else None
 
 
 def _xt_for(name: str) -> Xtables:

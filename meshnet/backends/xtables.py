@@ -61,12 +61,14 @@ class Xtables:
             raise ApplyError(_describe(netns, argv, cp.returncode, cp.stderr))
         return cp.stdout
 
+    def restore_argv(self, family: Family, *, noflush: bool = True) -> list[str]:
+        argv = [self.binary(family, "restore"), f"--wait={LOCK_WAIT_SECONDS}"]
+        return [*argv, "--noflush"] if noflush else argv
+
     def restore(self, netns: Netns, family: Family, text: str, *, noflush: bool = True,
                 counters: bool = False) -> None:
         """One atomic-per-table restore; raises ApplyError with the tool's own message."""
-        argv = [self.binary(family, "restore"), f"--wait={LOCK_WAIT_SECONDS}"]
-        if noflush:
-            argv.append("--noflush")
+        argv = self.restore_argv(family, noflush=noflush)
         if counters:
             argv.append("--counters")
         try:

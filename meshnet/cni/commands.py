@@ -59,6 +59,15 @@ def _cleanup_quietly(netns: Netns, log: Log) -> None:
         log.error("cleanup after a failed ADD failed", error=str(exc))
 
 
+def _result_addresses(doc: Mapping[str, Any]) -> list[str]:
+    """`ips[].address` of the prevResult (CNI >= 0.3.0); empty when absent or malformed."""
+    prev = doc.get("prevResult")
+    ips = prev.get("ips") if isinstance(prev, dict) else None
+    if not isinstance(ips, list):
+        return []
+    return [ip["address"] for ip in ips if isinstance(ip, dict) and isinstance(ip.get("address"), str)]
+
+
 def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> dict[str, Any] | None:
     pod = load_pod(env, config, doc, log)
     try:
@@ -71,10 +80,17 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         log.info("skipped", reason=reason)
         return passthrough_result(doc, config.cni_version)
     netns = _netns(env)
+    from meshnet.addresses import ipv6_from_addresses
     from meshnet.applier import apply_spec, prepare
 
     try:
-        spec, backend = prepare(netns, _pod_spec(pod, config), config.backend)
+        base = _pod_spec(pod, config)
+        # The main plugin's result lists the pod's addresses: Istio's IPv6 rule needs no netns read.
+        ipv6 = ipv6_from_addresses(_result_addresses(doc), base.dual_stack)
+        if ipv6 is None:
+            spec, backend = prepare(netns, base, config.backend)
+        else:
+            spec, backend = base.with_changes(enable_ipv6=ipv6), config.backend
     except SpecError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
