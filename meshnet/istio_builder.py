@@ -67,7 +67,7 @@ class _Emitter:
 
 def build_iptables(spec: Spec) -> IptablesPlan:
     e = _Emitter(spec.enable_ipv6)
-    loopback = {4: spec.ipv4_loopback_cidr, 6: "::1/128"}
+    loopback: dict[Family, str] = {4: spec.ipv4_loopback_cidr, 6: "::1/128"}
     tcp = M("proto", "tcp")
     v4_excl, v6_excl = cidrs_v4(spec.outbound_exclude_cidrs), cidrs_v6(spec.outbound_exclude_cidrs)
     v4_incl, v6_incl = cidrs_v4(spec.outbound_include_cidrs), cidrs_v6(spec.outbound_include_cidrs)

@@ -32,7 +32,7 @@ class _ScanContext:
         return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
 
 
-_scan = _json.make_scanner(_ScanContext())
+_scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed context, as json's
 
 
 def loads(text: str | bytes) -> Any:

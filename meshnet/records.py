@@ -19,13 +19,12 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-__all__ = ["FrozenInstanceError", "asdict", "dataclass", "field", "fields", "is_dataclass", "replace"]
 
 _MISSING: Any = object()
 _FIELDS = "__record_fields__"
 
 
-class FrozenInstanceError(AttributeError):
+class _FrozenInstanceError(AttributeError):
     pass
 
 
@@ -41,7 +40,7 @@ class Field:
         return f"Field({self.name!r})"
 
 
-def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | Any = _MISSING) -> Any:
+def _field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | Any = _MISSING) -> Any:
     return Field(default, default_factory)
 
 
@@ -112,16 +111,16 @@ def _hash(self: Any) -> int:
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+    raise _FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
 def _frozen_delattr(self: Any, name: str) -> None:
-    raise FrozenInstanceError(f"cannot delete field {name!r}")
+    raise _FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 def _decorate(cls: type[T], frozen: bool) -> type[T]:
     setattr(cls, _FIELDS, _collect(cls))
-    cls.__init__ = _init  # type: ignore[misc]
+    cls.__init__ = _init  # type: ignore[misc,method-assign]
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = _repr  # type: ignore[assignment]
     if "__eq__" not in cls.__dict__:
@@ -131,11 +130,11 @@ def _decorate(cls: type[T], frozen: bool) -> type[T]:
     if frozen:
         cls.__setattr__ = _frozen_setattr  # type: ignore[assignment]
         cls.__delattr__ = _frozen_delattr  # type: ignore[assignment]
-    cls.__match_args__ = tuple(f.name for f in getattr(cls, _FIELDS))  # type: ignore[attr-defined]
+    cls.__match_args__ = tuple(f.name for f in getattr(cls, _FIELDS))  # type: ignore[attr-defined,misc]
     return cls
 
 
-def dataclass(cls: type[T] | None = None, /, *, frozen: bool = False, slots: bool = False,
+def _dataclass(cls: type[T] | None = None, /, *, frozen: bool = False, slots: bool = False,
               eq: bool = True) -> Any:
     """Drop-in for `dataclasses.dataclass` (the subset above). `slots` is accepted and ignored."""
     if cls is None:
@@ -143,16 +142,16 @@ def dataclass(cls: type[T] | None = None, /, *, frozen: bool = False, slots: boo
     return _decorate(cls, frozen)
 
 
-def is_dataclass(obj: Any) -> bool:
+def _is_dataclass(obj: Any) -> bool:
     return hasattr(obj if isinstance(obj, type) else type(obj), _FIELDS)
 
 
-def fields(obj: Any) -> tuple[Field, ...]:
+def _fields(obj: Any) -> tuple[Field, ...]:
     return getattr(obj if isinstance(obj, type) else type(obj), _FIELDS)
 
 
-def replace(obj: T, /, **changes: Any) -> T:
-    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+def _replace(obj: T, /, **changes: Any) -> T:
+    values = {f.name: getattr(obj, f.name) for f in _fields(obj)}
     unknown = set(changes) - set(values)
     if unknown:
         raise TypeError(f"{type(obj).__name__} has no field {sorted(unknown)[0]!r}")
@@ -160,13 +159,23 @@ def replace(obj: T, /, **changes: Any) -> T:
     return type(obj)(**values)
 
 
-def asdict(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: asdict(getattr(obj, f.name)) for f in fields(obj)}
+def _asdict(obj: Any) -> Any:
+    if _is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _asdict(getattr(obj, f.name)) for f in _fields(obj)}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(asdict(v) for v in obj))
+        return type(obj)(*(_asdict(v) for v in obj))
     if isinstance(obj, list | tuple):
-        return type(obj)(asdict(v) for v in obj)
+        return type(obj)(_asdict(v) for v in obj)
     if isinstance(obj, dict):
-        return {asdict(k): asdict(v) for k, v in obj.items()}
+        return {_asdict(k): _asdict(v) for k, v in obj.items()}
     return obj
+
+
+# Type checkers see the standard library, whose semantics these reproduce; the program runs these.
+if TYPE_CHECKING:
+    from dataclasses import FrozenInstanceError, asdict, dataclass, field, fields, is_dataclass, replace
+else:
+    FrozenInstanceError, asdict, dataclass, field = _FrozenInstanceError, _asdict, _dataclass, _field
+    fields, is_dataclass, replace = _fields, _is_dataclass, _replace
+
+__all__ = ["FrozenInstanceError", "asdict", "dataclass", "field", "fields", "is_dataclass", "replace"]

@@ -41,11 +41,12 @@ def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
         raise SpecError(f"{source} key", unknown[0], f"unknown field (known: {', '.join(sorted(SPEC_FIELDS))})")
     kw: dict[str, Any] = {}
     for key, value in doc.items():
-        text = _as_text(key, value) if not isinstance(value, bool) else value
+        if key in _BOOL_FIELDS or key in ("inbound_ports_wildcard", "outbound_cidrs_wildcard"):
+            kw[key] = v.parse_bool(key, value if isinstance(value, bool) else _as_text(key, value))
+            continue
+        text = _as_text(key, value)
         if key in _INT_FIELDS:
             kw[key] = v.parse_int(key, text, *_INT_FIELDS[key])
-        elif key in _BOOL_FIELDS:
-            kw[key] = v.parse_bool(key, text)
         elif key in _PORT_FIELDS:
             kw[key] = v.parse_ports(key, text)
         elif key in _IFACE_FIELDS:
@@ -69,8 +70,6 @@ def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
             kw[key] = text
         elif key == "ipv4_loopback_cidr":
             kw[key] = v.parse_loopback_cidr(key, text)
-        elif key in ("inbound_ports_wildcard", "outbound_cidrs_wildcard"):
-            kw[key] = v.parse_bool(key, text)
         else:  # pragma: no cover - every Spec field is handled above
             raise SpecError(key, value, "not supported in YAML")
     if "proxy_uids" in kw and "proxy_gids" not in kw:

@@ -10,10 +10,16 @@ import click
 from meshnet.cli.errors import guarded
 from meshnet.errors import UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from meshnet.spec import Spec
+
 FORMATS = ("restore", "transcript", "nft")
 
 
-def _parser():  # type: ignore[no-untyped-def]
+def _parser() -> argparse.ArgumentParser:
     from meshnet import istio_flags
 
     parser = istio_flags.make_parser("meshnet render")
@@ -27,7 +33,7 @@ def _parser():  # type: ignore[no-untyped-def]
     return parser
 
 
-def spec_for_render(argv: list[str]):  # type: ignore[no-untyped-def]
+def spec_for_render(argv: list[str]) -> tuple[Spec, str, str]:
     """Parse render's arguments into (Spec, format, family)."""
     from meshnet import istio_flags
     from meshnet.resolvconf import read_nameservers
@@ -67,7 +73,7 @@ def spec_for_render(argv: list[str]):  # type: ignore[no-untyped-def]
     return spec, ns.format, ns.family
 
 
-def render_text(spec, fmt: str, family: str = "all") -> str:  # type: ignore[no-untyped-def]
+def render_text(spec: Spec, fmt: str, family: str = "all") -> str:
     if fmt == "nft":
         from meshnet.nft_builder import build_nft
         from meshnet.render.nft import render_nft
