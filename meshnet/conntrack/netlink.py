@@ -145,7 +145,7 @@ def _ip(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
-def _tuple(buf: bytes, s: int, e: int) -> tuple[int, str, str, int, int, int]:
+def _tuple(buf: bytes, s: int, e: int) -> tuple[int, str, str, int, int, int, int]:
     a = _attrs(buf, s, e)
     fam, src, dst, proto, sp, dp, zone = 4, "", "", 0, 0, 0, 0
     if CTA_TUPLE_IP in a:
@@ -162,7 +162,7 @@ def _tuple(buf: bytes, s: int, e: int) -> tuple[int, str, str, int, int, int]:
             dp = struct.unpack_from(">H", buf, p[CTA_PROTO_DST_PORT][0])[0]
     if CTA_TUPLE_ZONE in a:
         zone = struct.unpack_from(">H", buf, a[CTA_TUPLE_ZONE][0])[0]
-    return fam, src, dst, proto, sp, dp, zone  # type: ignore[return-value]
+    return fam, src, dst, proto, sp, dp, zone
 
 
 def _fill_info(e: CtEntry, buf: bytes, pos: int, end: int) -> None:
