@@ -16,7 +16,7 @@ netlink through pyroute2 bound to the namespace.
 from __future__ import annotations
 
 from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
-from meshnet.backends.xtables import Xtables, legacy_tables, strip_counters
+from meshnet.backends.xtables import TIMEOUT_SECONDS, Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
 from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
 from meshnet.netns import Netns, NetnsError
@@ -143,41 +143,19 @@ def spec_for_netns(spec: Spec, netns: Netns) -> Spec:
 def apply_spec(netns: Netns, spec: Spec, *, backend: str = "auto", reconcile: bool = False,
                force: bool = False) -> ApplyResult:
     if backend == "auto":
-        fresh = _try_fresh_auto(netns, spec)
-        if fresh is not None:
-            return fresh
+        from meshnet.istio_builder import build_iptables
+
+        plan, nft = build_iptables(spec), Xtables("nft")
+        if _one_atomic_restore(plan) and nft.available():
+            written = _try_fresh_write(netns, plan, nft, unless_legacy=True)
+            if written:
+                return _applied(netns, plan, NFT)
+            if written is False:  # no legacy table, so Istio's choice is iptables-nft: its write was tried
+                return _apply_xtables(netns, spec, NFT, reconcile, force, fresh_tried=True)
     name = _resolve(netns, backend)
     if name == NFTABLES:
         return _apply_nft(netns, spec, reconcile, force)
     return _apply_xtables(netns, spec, name, reconcile, force)
-
-
-# Exit 97 when the namespace has any legacy table, else become the restore: backend detection and
-# the write of a fresh pod in one spawn (POSIX sh builtins only; /proc/net is the namespace's own).
-_NO_LEGACY_THEN = ('for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names; do '
-                   'read -r t 2>/dev/null < "$f" && exit 97; done; exec "$@"')
-
-
-def _try_fresh_auto(netns: Netns, spec: Spec) -> ApplyResult | None:
-    """`auto` on a fresh pod: iptables-nft, unless legacy tables exist, written in one go.
-
-    Only for plans that one restore commits all-or-nothing (see _one_atomic_restore). None means
-    "take the normal path": legacy tables present (so Istio's detection must decide), ISTIO
-    chains already there (no-op or drift), or any other failure (reported by the normal path).
-    """
-    from meshnet.istio_builder import build_iptables
-    from meshnet.render.restore import render_family
-
-    plan = build_iptables(spec)
-    xt = Xtables("nft")
-    if not _one_atomic_restore(plan) or not xt.available():
-        return None
-    argv = ["sh", "-c", _NO_LEGACY_THEN, "sh", *xt.restore_argv(4)]
-    try:
-        done = netns.run(argv, input=render_family(plan, 4), check=False).returncode == 0
-    except NetnsError:
-        return None
-    return ApplyResult(NFT, True, f"applied {_count(plan)} rules with {NFT} in {netns.label}") if done else None
 
 
 def _xt_for(name: str) -> Xtables:
@@ -204,18 +182,19 @@ def _xt_drift(plan: IptablesPlan, live_text: dict[Family, str]) -> tuple[bool, l
     return residue, lines
 
 
-def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: bool) -> ApplyResult:
+def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: bool,
+                   fresh_tried: bool = False) -> ApplyResult:
     from meshnet.istio_builder import build_iptables
 
     xt = _xt_for(name)
     plan = build_iptables(spec)
-    if name != IPTC and _one_atomic_restore(plan) and _try_fresh_write(netns, plan, xt):
-        return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
+    if not fresh_tried and name != IPTC and _one_atomic_restore(plan) and _try_fresh_write(netns, plan, xt):
+        return _applied(netns, plan, name)
     live_text = {fam: xt.save(netns, fam) for fam in plan.families()}
     residue, drift = _xt_drift(plan, live_text)
     if not residue:
         _write_xtables(netns, spec, plan, xt, name, live_text)
-        return ApplyResult(name, True, f"applied {_count(plan)} rules with {name} in {netns.label}")
+        return _applied(netns, plan, name)
     if not drift and not force:
         return _already_applied(netns, spec, name)
     if not reconcile:
@@ -232,20 +211,38 @@ def _one_atomic_restore(plan: IptablesPlan) -> bool:
     return plan.families() == (4,) and len({op.rule.table for op in plan.v4}) == 1
 
 
-def _try_fresh_write(netns: Netns, plan: IptablesPlan, xt: Xtables) -> bool:
+# Exit 97 when the namespace has any legacy table, else become the restore: backend detection and
+# the write of a fresh pod in one spawn (POSIX sh builtins only; /proc/net is the namespace's own).
+_NO_LEGACY_THEN = ('for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names; do '
+                   'read -r t 2>/dev/null < "$f" && exit 97; done; exec "$@"')
+
+
+def _try_fresh_write(netns: Netns, plan: IptablesPlan, xt: Xtables, *, unless_legacy: bool = False) -> bool | None:
     """Write without reading first: on a fresh pod that saves a whole `*-save` run.
 
-    The payload declares every ISTIO chain with `-N`, so it fails, and commits nothing, whenever
-    any of them exists already; any failure sends the caller down the normal read-compare path,
-    which then finds the residue (no-op or drift) or reports the real error.
+    Only for plans one restore commits all-or-nothing (see _one_atomic_restore). The payload
+    declares every ISTIO chain with `-N`, so it fails, and commits nothing, whenever any of them
+    exists already. True: written. False: the restore failed; the normal read-compare path then
+    finds the residue (no-op or drift) or reports the real error. None: nothing was learnt (with
+    `unless_legacy`: legacy tables exist, so Istio's full detection must choose the backend).
     """
     from meshnet.render.restore import render_family
 
+    argv = xt.restore_argv(4)
+    if unless_legacy:
+        argv = ["sh", "-c", _NO_LEGACY_THEN, "sh", *argv]
     try:
-        xt.restore(netns, 4, render_family(plan, 4))
-    except ApplyError:
-        return False
-    return True
+        code = netns.run(argv, input=render_family(plan, 4), timeout=TIMEOUT_SECONDS, check=False,
+                         env=xt.lock_env(netns)).returncode
+    except NetnsError:
+        return None
+    if code == 0:
+        return True
+    return None if unless_legacy and code == 97 else False
+
+
+def _applied(netns: Netns, plan: IptablesPlan, backend: str) -> ApplyResult:
+    return ApplyResult(backend, True, f"applied {_count(plan)} rules with {backend} in {netns.label}")
 
 
 def _already_applied(netns: Netns, spec: Spec, backend: str) -> ApplyResult:

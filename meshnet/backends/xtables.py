@@ -43,7 +43,7 @@ class Xtables:
     def available(self) -> bool:
         return which(self.binary(4, "restore")) is not None
 
-    def _env(self, netns: Netns) -> dict[str, str] | None:
+    def lock_env(self, netns: Netns) -> dict[str, str] | None:
         if self.variant != "legacy" or netns.is_current():
             return None
         return {**os.environ, "XTABLES_LOCKFILE": netns.path}
@@ -72,7 +72,7 @@ class Xtables:
         if counters:
             argv.append("--counters")
         try:
-            cp = netns.run(argv, input=text, timeout=TIMEOUT_SECONDS, check=False, env=self._env(netns))
+            cp = netns.run(argv, input=text, timeout=TIMEOUT_SECONDS, check=False, env=self.lock_env(netns))
         except NetnsError as exc:
             raise ApplyError(str(exc)) from None
         if cp.returncode != 0:
