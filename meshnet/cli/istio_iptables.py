@@ -28,24 +28,23 @@ def _run(argv: list[str]) -> int:
         from meshnet.netns import Netns
 
         netns = Netns.resolve(opts.network_namespace)
-    dual_stack = istio_flags.v.parse_bool("--dual-stack", values["dual-stack"])
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     if istio_flags.needs_resolv_conf(values):
         servers = read_nameservers(env.get(RESOLV_CONF_ENV, "/etc/resolv.conf"))
+    spec = istio_flags.spec_from_values(values, env, dns_servers=servers)
     backend: str | None = None
     if netns is None:
-        ipv6 = ipv6_enabled(None, dual_stack)
+        spec = spec.with_changes(enable_ipv6=ipv6_enabled(None, spec.dual_stack))
+    elif opts.dry_run or opts.skip_rule_apply or opts.cleanup_only:
+        from meshnet.applier import spec_for_netns
+
+        spec = spec_for_netns(spec, netns)
     else:
-        from meshnet.applier import DETECTION_FILES
+        from meshnet.applier import prepare
 
-        # One read of the pod's /proc/net serves IPv6 and backend detection (no ctypes, ~2 ms).
-        with netns.prefetch_proc_net(DETECTION_FILES):
-            ipv6 = ipv6_enabled(netns, dual_stack)
-            if not (opts.dry_run or opts.skip_rule_apply or opts.cleanup_only):
-                from meshnet.cli.istio_apply import choose_backend
-
-                backend = choose_backend(opts, netns)
-    spec = istio_flags.spec_from_values(values, env, enable_ipv6=ipv6, dns_servers=servers)
+        # IPv6 and the backend from one snapshot of the pod's /proc/net (no ctypes, ~2 ms).
+        wanted = "nftables" if opts.native_nftables else "auto"
+        spec, backend = prepare(netns, spec, wanted, opts.force_iptables_binary)
     if spec.redirect_dns and not spec.dns_effective:
         sys.stderr.write("istio-iptables: warning: REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, "
                          "and no DNS servers provided\n")
