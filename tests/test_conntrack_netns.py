@@ -93,12 +93,16 @@ def test_race_reports_race_drops(topology: Topology) -> None:
         pytest.fail(f"no SYN lost to the race in {len(rounds)} rounds (expected ~59% per round)")
     rc, data, err = analyze("--netns", topology.pod.path)
     assert rc == 1, err
-    assert set(kinds(data)) & COLLISION_KINDS == {"collision-race-drops"}
+    # the counters are the race; every remapped client in the table is its own tuple-collision
+    assert set(kinds(data)) & COLLISION_KINDS == {"collision-race-drops", "tuple-collision"}
     f = finding(data, "collision-race-drops")
     assert f["details"]["counters"]["insert_failed"] >= 1
     assert data["stats"]["conntrack"]["insert_failed"] >= 1
     clients = {c["client"] for c in f["details"]["collisions"]}
     assert f"{topology.peer_ip4}:{rounds[-1]['sport']}" in clients
+    own = [x for x in data["findings"] if x["kind"] == "tuple-collision"]
+    assert all(len(x["details"]["collisions"]) == 1 for x in own)
+    assert {x["details"]["collisions"][0]["client"] for x in own} == clients
 
 
 def test_healthy_redirect_pod_has_no_collision(topology: Topology) -> None:

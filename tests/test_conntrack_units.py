@@ -112,6 +112,41 @@ def test_findings_hang_vs_remap_and_envoy_correlation() -> None:
     assert e.details == {"lines": 2, "correlated": 1} and e.severity == "critical"
 
 
+# The issue's measured state: one long-lived remapped ESTABLISHED pair (client :40000 to :9080 and
+# :8080, the :8080 reply port rewritten) next to a few raced SYNs of other clients.
+PAIR = [A.replace("40010", "40000"),
+        B.replace("40010", "40000").replace("SYN_SENT", "ESTABLISHED").replace("[UNREPLIED] ", "")]
+RACED = [B.replace("40010", str(41000 + i)).replace("26589", str(30000 + i)) for i in range(3)]
+
+
+def test_findings_remapped_pair_is_tuple_collision_next_to_race_drops() -> None:
+    fs = analyze(_snap(PAIR, kernel="6.18.1", stats_cpu=[{"insert_failed": 3, "drop": 3}]))
+    assert sorted(f.kind for f in fs) == ["collision-race-drops", "tuple-collision"]
+    (tc,) = [f for f in fs if f.kind == "tuple-collision"]
+    assert [c["client"] for c in tc.details["collisions"]] == ["10.99.0.1:40000"]
+    assert tc.details["collisions"][0]["rewritten"][0]["dport"] == 8080
+
+
+def test_findings_each_group_its_own_finding_on_61() -> None:
+    """6.1: every remapped unreplied SYN hangs (siblings gone here), the ESTABLISHED pair is a remap."""
+    fs = analyze(_snap(PAIR + RACED, kernel="6.1.0-56-amd64", stats_cpu=[{"insert_failed": 3, "drop": 3}]))
+    by = sorted((f.kind, f.details.get("collisions", [{}])[0].get("client")) for f in fs
+                if f.kind != "collision-race-drops")
+    assert by == [("collision-hang", f"10.99.0.1:{41000 + i}") for i in range(3)] + \
+        [("tuple-collision", "10.99.0.1:40000")]
+    hang = [f for f in fs if f.kind == "collision-hang"]
+    assert all(f.details["sibling_present"] is False and "older than 6.7" in f.details["reason"] for f in hang)
+    assert "collision-race-drops" in {f.kind for f in fs}
+
+
+def test_findings_lone_remapped_syn_depends_on_kernel() -> None:
+    lone = [RACED[0]]
+    assert [f.kind for f in analyze(_snap(lone, kernel="6.1.0-56-amd64"))] == ["collision-hang"]
+    assert [f.kind for f in analyze(_snap(lone, kernel="6.18.1"))] == ["tuple-collision"]  # repaired on >= 6.7
+    # with its sibling still there the 6.1 verdict is the same; on 6.18 a plain listener repairs it
+    assert [f.kind for f in analyze(_snap([A, B], kernel="6.1.0-56-amd64"))] == ["collision-hang"]
+
+
 def test_findings_table_pressure_and_clean() -> None:
     snap = _snap([A], count=950, max=1000, stats_cpu=[{"early_drop": 4}])
     assert [f.kind for f in analyze(snap)] == ["table-pressure"]

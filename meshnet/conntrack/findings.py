@@ -1,8 +1,11 @@
 """The findings engine: turns a Snapshot into the six kinds of issue 4, each with evidence and advice.
 
 Kinds: tuple-collision, collision-hang, collision-race-drops, collision-risk, table-pressure,
-envoy-503-uf. Observed collisions win over the prediction: when a collision is seen, the rules that
-funnel the ports are attached to it as evidence instead of a separate collision-risk finding.
+envoy-503-uf. Each collision group (one client ip:port to one destination, redirected to one
+capture port) is its own finding, its kind decided by that group alone: race drops (namespace-wide
+counters) never hide a remapped pair. Observed collisions win over the prediction: when a collision
+is seen, the rules that funnel the ports are attached to it as evidence instead of a separate
+collision-risk finding.
 """
 
 from __future__ import annotations
@@ -98,33 +101,38 @@ def _groups(snap: Snapshot) -> list[_Group]:
     return [_Group(v) for v in by.values()]
 
 
-def _is_hang(g: _Group) -> bool:
+def _is_hang(g: _Group, kernel: str | None) -> bool:
+    """A remapped SYN that is not answered. Before 6.7 early demux keeps handing its retransmits to
+    the wrong socket, so it hangs whether or not its sibling is still in the table; on a fixed (or
+    unknown) kernel it only hangs next to a live sibling (a transparent listener)."""
     stuck = [e for e in g.entries if e.state == "SYN_SENT" and e.unreplied and e.src_rewritten]
-    live = [e for e in g.entries if e.state == "ESTABLISHED" and e not in stuck]
-    return bool(stuck and live)
+    if not stuck:
+        return False
+    if has_demux_fix(kernel) is False:
+        return True
+    return any(e.state == "ESTABLISHED" and e not in stuck for e in g.entries)
 
 
 def analyze(snap: Snapshot) -> list[Finding]:
+    """One finding per collision group (its kind decided by that group alone), plus the
+    namespace-wide ones: race drops, risk, table pressure, Envoy."""
     out: list[Finding] = []
     groups = _groups(snap)
     explicit_snat = bool(snap.rules and snap.rules.snat)
     multi = [g for g in groups if len(g.dports) > 1]
-    lone = [g for g in groups if len(g.dports) == 1 and g.rewritten and not explicit_snat]
+    collided = [g for g in groups if g.rewritten and (len(g.dports) > 1 or not explicit_snat)]
     funnel_ev = _funnel_evidence(snap)
 
-    hang = [g for g in multi if _is_hang(g)]
-    if hang:
-        out.append(_hang_finding(snap, hang, funnel_ev))
-    remaps = [g for g in multi if g not in hang] + lone
+    for g in collided:
+        if _is_hang(g, snap.kernel):
+            out.append(_hang_finding(snap, g, funnel_ev))
+        else:
+            out.append(_remap_finding(g, funnel_ev, explicit_snat, snap))
     drops = _drop_counts(snap)
     funnel = bool(snap.rules and snap.rules.inbound_funnels) or bool(multi)
     if drops and funnel:
-        out.append(_race_finding(snap, drops, remaps, funnel_ev))
-        remaps = []
-    if remaps:
-        out.append(_remap_finding(remaps, funnel_ev, explicit_snat, snap))
-    observed = bool(out)
-    if not observed:
+        out.append(_race_finding(snap, drops, collided, funnel_ev))
+    if not out:
         risk = _risk_finding(snap)
         if risk:
             out.append(risk)
@@ -139,40 +147,31 @@ def analyze(snap: Snapshot) -> list[Finding]:
 
 
 # ----------------------------------------------------------------------------- observed collisions
-def _remap_finding(groups: list[_Group], funnel_ev: list[dict[str, Any]], explicit_snat: bool,
+def _remap_finding(g: _Group, funnel_ev: list[dict[str, Any]], explicit_snat: bool,
                    snap: Snapshot) -> Finding:
-    ev: list[dict[str, Any]] = []
-    for g in groups:
-        ev += [_ev_entry(e) for e in g.entries]
-    ev += funnel_ev
-    ev += _proxy_socket_evidence(snap, groups)
-    first = groups[0]
-    summary = (f"five-tuple collision: {first.text()}"
-               + (f" (+{len(groups) - 1} more clients)" if len(groups) > 1 else "")
-               + ". The kernel repaired it with an implicit source-port rewrite; the proxy sees a client "
-                 "port that was never used, and a SYN race on it costs ~1 s")
+    ev = [_ev_entry(e) for e in g.entries] + funnel_ev + _proxy_socket_evidence(snap, [g])
+    summary = (f"five-tuple collision: {g.text()}. The kernel repaired it with an implicit source-port "
+               "rewrite; the proxy sees a client port that was never used, and a SYN race on it costs ~1 s")
     if explicit_snat:
         summary += " (the namespace also has SNAT rules)"
-    return Finding("tuple-collision", "warning", summary, ev, MITIGATIONS[:],
-                   {"collisions": [g.details() for g in groups]})
+    return Finding("tuple-collision", "warning", summary, ev, MITIGATIONS[:], {"collisions": [g.details()]})
 
 
-def _hang_finding(snap: Snapshot, groups: list[_Group], funnel_ev: list[dict[str, Any]]) -> Finding:
-    ev: list[dict[str, Any]] = []
-    for g in groups:
-        ev += [_ev_entry(e) for e in g.entries]
+def _hang_finding(snap: Snapshot, g: _Group, funnel_ev: list[dict[str, Any]]) -> Finding:
+    ev = [_ev_entry(e) for e in g.entries]
     for name in HANG_COUNTERS:
         if name in snap.counters:
             ev.append(_ev_counter(name, snap.counters[name], snap.counter_delta(name)))
     ev += funnel_ev
-    why = _hang_reason(snap, groups[0].first.rsport)
-    g = groups[0]
-    stuck = [e for e in g.entries if e.state == "SYN_SENT" and e.unreplied]
+    why = _hang_reason(snap, g.first.rsport)
+    stuck = [e for e in g.rewritten if e.state == "SYN_SENT" and e.unreplied]
+    sibling = [e for e in g.entries if e.state == "ESTABLISHED" and e not in stuck]
+    where = ("next to an ESTABLISHED sibling, whose socket answers its SYNs with challenge ACKs" if sibling
+             else "(its sibling is already gone from the table; the rewrite stays until the entry times out)")
     summary = (f"collision hang (503 UF): {g.text()}; the connection to :{stuck[0].dport} is stuck in "
-               f"SYN_SENT [UNREPLIED] next to an ESTABLISHED sibling, its SYNs are answered by the "
-               f"sibling's socket with challenge ACKs until the client gives up. Why: {why}")
+               f"SYN_SENT [UNREPLIED] {where}, until the client gives up. Why: {why}")
     return Finding("collision-hang", "critical", summary, ev, MITIGATIONS[:],
-                   {"collisions": [x.details() for x in groups], "reason": why})
+                   {"collisions": [g.details()], "reason": why, "sibling_present": bool(sibling)})
 
 
 def _hang_reason(snap: Snapshot, capture_port: int) -> str:
@@ -202,16 +201,15 @@ def _drop_counts(snap: Snapshot) -> dict[str, int]:
 
 def _race_finding(snap: Snapshot, drops: dict[str, int], groups: list[_Group],
                   funnel_ev: list[dict[str, Any]]) -> Finding:
+    """Namespace-wide counters; the collided groups are their own findings and only named here."""
     ev = [_ev_counter(n, snap.stat_total(n), snap.stat_delta(n)) for n in ("insert_failed", "drop", "found")]
-    for g in groups:
-        ev += [_ev_entry(e) for e in g.entries]
     ev += funnel_ev
     rate = ", ".join(f"{k}={v}" for k, v in drops.items())
     summary = (f"collision race drops: conntrack {rate} while the rules funnel several ports into one "
                "capture port. Two SYNs from one client port to two ports raced, the loser was dropped at "
                "confirm time and retransmitted ~1 s later with a rewritten source port")
     if groups:
-        summary += f" (e.g. {groups[0].text()})"
+        summary += f" ({len(groups)} collided client(s) in the table, each its own finding)"
     return Finding("collision-race-drops", "warning", summary, ev, MITIGATIONS[:],
                    {"counters": drops, "collisions": [g.details() for g in groups]})
 
