@@ -28,6 +28,7 @@ TABLE_ORDER = ("filter", "mangle", "nat", "raw")  # Istio emits restore tables s
 # Match kinds and how they are written in iptables-restore syntax (Istio's spelling).
 MATCH_KINDS = (
     "proto", "src", "dst", "in", "out", "dport", "sport", "dports", "uid", "gid", "ctstate", "mark", "connmark",
+    "module", "socket_exists", "set",
 )
 
 
@@ -53,6 +54,12 @@ class Match:
             return ["-m", "mark", *neg, "--mark", self.value]
         if self.kind == "connmark":
             return ["-m", "connmark", *neg, "--mark", self.value]
+        if self.kind == "module":  # a bare `-m tcp` / `-m udp` (Istio's ambient rules write them)
+            return ["-m", self.value]
+        if self.kind == "socket_exists":
+            return ["-m", "owner", *neg, "--socket-exists"]
+        if self.kind == "set":  # value: "SETNAME FLAGS", e.g. "istio-inpod-probes-v4 dst"
+            return ["-m", "set", *neg, "--match-set", *self.value.split(" ")]
         raise ValueError(f"unknown match kind {self.kind!r}")
 
     def __str__(self) -> str:
@@ -69,6 +76,14 @@ class Match:
                     return Match(self.kind, net, self.negated)
                 addr = ipaddress.ip_address(self.value)
                 return Match(self.kind, f"{addr}/{addr.max_prefixlen}", self.negated)
+            except ValueError:
+                return self
+        if self.kind in ("mark", "connmark"):
+            # iptables-save prints marks in hex; Istio writes decimal (sidecar) or hex (ambient).
+            val, sep, mask = self.value.partition("/")
+            try:
+                number = str(int(val, 0))
+                return Match(self.kind, f"{number}/0x{int(mask, 0):x}" if sep else number, self.negated)
             except ValueError:
                 return self
         if self.kind in ("uid", "gid") and not self.value.isdigit():
@@ -107,6 +122,10 @@ class Target:
         # Istio writes `--to-port` for the UDP DNS redirect; the kernel prints `--to-ports`.
         if self.name == "REDIRECT" and self.args[:1] == ("--to-port",):
             return Target(self.name, ("--to-ports", *self.args[1:]))
+        # `--restore-mark` with full masks is the plain form (the parser reads both to that).
+        if self.name == "CONNMARK" and self.args == ("--restore-mark", "--nfmask", "0xffffffff",
+                                                     "--ctmask", "0xffffffff"):
+            return Target(self.name, ("--restore-mark",))
         return self
 
 
@@ -129,7 +148,9 @@ class Rule:
 
     def key(self) -> tuple[str, str, frozenset[Match], Target]:
         """Identity for comparison: match order inside one rule does not change its meaning."""
-        return (self.table, self.chain, frozenset(m.canonical() for m in self.matches), self.target.canonical())
+        # A bare `-m tcp` adds nothing to `-p tcp`; the kernel prints it wherever a port is matched.
+        matches = frozenset(m.canonical() for m in self.matches if m.kind != "module")
+        return (self.table, self.chain, matches, self.target.canonical())
 
     def __str__(self) -> str:
         return f"-A {self.chain} {self.spec_text()}"

@@ -33,8 +33,11 @@ class NftRule:
     matches: tuple[str, ...]
     action: tuple[str, ...]
     family: int | None = None  # 4 / 6 when the rule is address-family specific
+    counter: bool = True  # Istio's ambient jumps carry no counter
 
     def body(self) -> str:
+        if not self.counter:
+            return " ".join((*self.matches, *self.action))
         return " ".join((*self.matches, "counter", *self.action))
 
     @property
@@ -50,9 +53,29 @@ class NftOp:
     index: int | None = None  # None = append; else Istio's `-I CHAIN n` as 0-based index n-1
 
 
+# Istio's ambient tables (cni/pkg/nftables): same three tables, their own prefix and chains; the
+# node's table holds only the probe SNAT in postrouting.
+AMBIENT_PREFIX = "istio-ambient-"
+AMBIENT_BASE_CHAINS: dict[str, tuple[tuple[str, str, str, int], ...]] = {
+    "nat": (*BASE_CHAINS["nat"], ("postrouting", "nat", "postrouting", 100)),
+    "mangle": BASE_CHAINS["mangle"],
+    "raw": BASE_CHAINS["raw"],
+}
+AMBIENT_REGULAR_CHAINS: dict[str, tuple[str, ...]] = {t: ("istio-prerouting", "istio-output") for t in NFT_TABLES}
+LAYOUTS = {
+    "sidecar": (TABLE_PREFIX, BASE_CHAINS, REGULAR_CHAINS),
+    "ambient": (AMBIENT_PREFIX, AMBIENT_BASE_CHAINS, AMBIENT_REGULAR_CHAINS),
+}
+
+
 @dataclass
 class NftPlan:
     ops: list[NftOp] = field(default_factory=list)
+    layout: str = "sidecar"  # a key of LAYOUTS: table prefix and chain declarations
+
+    @property
+    def prefix(self) -> str:
+        return LAYOUTS[self.layout][0]
 
     def tables(self) -> list[str]:
         used = {op.rule.table for op in self.ops}

@@ -29,9 +29,9 @@ def _nft(netns: Netns, argv: list[str], text: str | None = None) -> str:
     return cp.stdout
 
 
-def live(netns: Netns) -> NftRuleset:
+def live(netns: Netns, prefix: str = TABLE_PREFIX) -> NftRuleset:
     """Istio's tables as they are in the kernel (only the inet family is listed)."""
-    return parse_nft_json(_nft(netns, ["-j", "list", "ruleset", "inet"]))
+    return parse_nft_json(_nft(netns, ["-j", "list", "ruleset", "inet"]), prefix)
 
 
 def transaction(netns: Netns, text: str) -> None:
@@ -40,19 +40,22 @@ def transaction(netns: Netns, text: str) -> None:
         _nft(netns, ["-f", "-"], text)
 
 
-def cleanup_text(present: NftRuleset) -> str:
+def cleanup_text(present: NftRuleset, prefix: str = TABLE_PREFIX) -> str:
     """Delete every Istio table that exists (`add` first, so a missing one is not an error)."""
     tables = sorted({t for t, _ in present.chains}, key=lambda t: NFT_TABLES.index(t) if t in NFT_TABLES else 9)
-    return "".join(f"add table inet {TABLE_PREFIX}{t}\ndelete table inet {TABLE_PREFIX}{t}\n" for t in tables)
+    return "".join(f"add table inet {prefix}{t}\ndelete table inet {prefix}{t}\n" for t in tables)
 
 
 def drift(plan: NftPlan, present: NftRuleset) -> list[str]:
     """Differences between the plan and the live tables, one line each ('' list = equal)."""
     expected = plan.chain_rules()
+    for op in plan.ops:  # a chain only jumped to is declared empty (ambient's ingress-mode prerouting)
+        if (target := op.rule.jump_target) is not None:
+            expected.setdefault((op.rule.table, target), [])
     lines: list[str] = []
     for key in [*expected, *(k for k in present.chains if k not in expected)]:
         table, chain = key
-        where = f"nft inet {TABLE_PREFIX}{table} {chain}"
+        where = f"nft inet {plan.prefix}{table} {chain}"
         exp_rules = expected.get(key, [])
         live_rules = present.rules(table, chain)
         if key not in present.chains:

@@ -104,12 +104,23 @@ def render_cmd(ctx: click.Context) -> None:
     """Print the rules for a spec: istio-iptables flags, -f SPEC.yaml, or --cni --annotation K=V.
 
     Options: --format restore|transcript|nft, --ipv6, --resolv-conf FILE, --family 4|6|all.
+    Ambient mode: --ambient (in-pod rules) or --ambient-host (node probe rules), see --ambient --help.
     """
+    if ("--help" in ctx.args or "-h" in ctx.args) and ("--ambient" in ctx.args or "--ambient-host" in ctx.args):
+        from meshnet.ambient.cli import render_parser
+
+        render_parser().print_help()
+        ctx.exit(0)
     if "--help" in ctx.args or "-h" in ctx.args:
         _parser().print_help()
         ctx.exit(0)
 
     def go() -> int:
+        if "--ambient" in ctx.args or "--ambient-host" in ctx.args:
+            from meshnet.ambient.cli import render_ambient
+
+            sys.stdout.write(render_ambient(list(ctx.args)))
+            return 0
         spec, fmt, family = spec_for_render(list(ctx.args))
         sys.stdout.write(render_text(spec, fmt, family))
         return 0

@@ -101,6 +101,16 @@ def parse_rule(table: str, tokens: list[str]) -> Rule:
             matches.append(Match("ctstate", nxt, neg))
         elif tok == "--mark" and module in ("mark", "connmark"):
             matches.append(Match(module, _mark(nxt), neg))
+        elif tok == "--socket-exists" and module == "owner":
+            matches.append(Match("socket_exists", "", neg))
+            i += 1
+            neg = False
+            continue
+        elif tok == "--match-set" and module == "set" and i + 2 < len(tokens):
+            matches.append(Match("set", f"{nxt} {tokens[i + 2]}", neg))
+            i += 3
+            neg = False
+            continue
         elif tok == "--comment" and module == "comment":
             pass  # comments do not change what a rule matches
         elif tok.startswith("-"):

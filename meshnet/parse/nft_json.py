@@ -57,7 +57,8 @@ def is_unsupported(rule: NftRule) -> bool:
     return any(tok.startswith(UNSUPPORTED) for tok in (*rule.matches, *rule.action))
 
 
-def parse_nft_json(text: str) -> NftRuleset:
+def parse_nft_json(text: str, prefix: str = TABLE_PREFIX) -> NftRuleset:
+    """Istio's tables named `prefix*` (sidecar `istio-proxy-`, ambient `istio-ambient-`)."""
     try:
         doc = json.loads(text) if text.strip() else {"nftables": []}
     except json.JSONDecodeError as exc:
@@ -66,28 +67,24 @@ def parse_nft_json(text: str) -> NftRuleset:
     for item in doc.get("nftables", []):
         if "table" in item:
             t = item["table"]
-            if not _is_istio(t):
+            if not _is_istio(t, prefix=prefix):
                 out.other_tables.append(f"{t.get('family')} {t.get('name')}")
-        elif "chain" in item and _is_istio(item["chain"], "table"):
+        elif "chain" in item and _is_istio(item["chain"], "table", prefix):
             c = item["chain"]
-            key = (_short(c["table"]), c["name"])
+            key = (c["table"].removeprefix(prefix), c["name"])
             out.chains.setdefault(key, [])
             if "hook" in c:
                 out.base_chains[key] = BaseChain(c.get("type", ""), c["hook"], int(c.get("prio", 0)),
                                                  c.get("policy", "accept"))
-        elif "rule" in item and _is_istio(item["rule"], "table"):
+        elif "rule" in item and _is_istio(item["rule"], "table", prefix):
             r = item["rule"]
-            rule = rule_from_exprs(_short(r["table"]), r["chain"], r.get("expr", []))
+            rule = rule_from_exprs(r["table"].removeprefix(prefix), r["chain"], r.get("expr", []))
             out.chains.setdefault((rule.table, rule.chain), []).append(rule)
     return out
 
 
-def _is_istio(obj: dict[str, Any], key: str = "name") -> bool:
-    return obj.get("family") == "inet" and str(obj.get(key, "")).startswith(TABLE_PREFIX)
-
-
-def _short(table: str) -> str:
-    return table.removeprefix(TABLE_PREFIX)
+def _is_istio(obj: dict[str, Any], key: str = "name", prefix: str = TABLE_PREFIX) -> bool:
+    return obj.get("family") == "inet" and str(obj.get(key, "")).startswith(prefix)
 
 
 def rule_from_exprs(table: str, chain: str, exprs: list[dict[str, Any]]) -> NftRule:
@@ -138,10 +135,18 @@ def _to_text(expr: dict[str, Any]) -> str | None:
         return f"tproxy {body['family']} to {addr}:{body['port']}"
     if kind == "mangle":
         return _mangle(body)
+    if kind == "snat" and set(body) <= {"addr", "family"} and isinstance(body.get("addr"), str):
+        return f"snat to {body['addr']}"
     return None
 
 
 def _lhs(left: dict[str, Any]) -> str | None:
+    if "&" in left:  # a masked value, e.g. `meta mark & 0xfff` (ambient's marks)
+        base, mask = left["&"]
+        inner = _lhs(base)
+        if inner is None or not isinstance(mask, int) or isinstance(mask, bool):
+            return None
+        return f"{inner} & {hex(mask)}"
     if "meta" in left:
         key = left["meta"]["key"]
         return {"mark": "mark", "iifname": "iifname", "oifname": "oifname", "skuid": "skuid",
@@ -198,6 +203,12 @@ def _mangle(body: dict[str, Any]) -> str | None:
         return f"{target} mark"
     if isinstance(value, dict) and "ct" in value and value["ct"]["key"] == "mark":
         return f"{target} ct mark"
+    if isinstance(value, dict) and "|" in value:  # `ct mark set ct mark & MASK | BITS`
+        masked, bits = value["|"]
+        if isinstance(masked, dict) and "&" in masked and isinstance(bits, int):
+            base, mask = masked["&"]
+            if isinstance(base, dict) and base.get("ct", {}).get("key") == "mark" and isinstance(mask, int):
+                return f"{target} ct mark & {hex(mask)} | {hex(bits)}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{target} {value}"
     return None
@@ -215,7 +226,9 @@ def nft_key(rule: NftRule) -> NftKey:
 def _canon(token: str) -> str:
     if token.startswith(UNSUPPORTED):
         return token
-    words = token.split(" ")
+    words = token.split()
+    if "&" in words or "and" in words or "|" in words:
+        return _canon_masked(words)
     if words[0] == "meta" and len(words) > 1 and words[1] in ("skuid", "skgid"):
         words = words[1:]  # the builder writes both `skuid` and `meta skuid`
     if words[:2] == ["ct", "state"]:
@@ -227,6 +240,26 @@ def _canon(token: str) -> str:
     if words[0] in ("iifname", "oifname"):
         words[-1] = words[-1].strip('"')
     return " ".join(words)
+
+
+def _canon_masked(words: list[str]) -> str:
+    """Mark arithmetic in one spelling: `meta mark and 0xfff != 0x539` == `mark & 0xfff != 1337`."""
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if (word == "meta" and i + 1 < len(words) and words[i + 1] == "mark") or word == "==":
+            continue  # `meta mark` is `mark`; the kernel prints equality without `==`
+        if word == "and":
+            word = "&"
+        try:
+            word = str(int(word, 0))
+        except ValueError:
+            pass
+        out.append(word)
+    # `x & M | B` sets B's bits anyway: nft stores and lists the mask as M | B.
+    for i in range(len(out) - 3):
+        if out[i] == "&" and out[i + 2] == "|" and out[i + 1].isdigit() and out[i + 3].isdigit():
+            out[i + 1] = str(int(out[i + 1]) | int(out[i + 3]))
+    return " ".join(out)
 
 
 def _cidr(value: str) -> str:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from meshnet.nft_model import BASE_CHAINS, REGULAR_CHAINS, TABLE_PREFIX, NftPlan
+from meshnet.nft_model import LAYOUTS, TABLE_PREFIX, NftPlan
 
 
 def render_nft(plan: NftPlan) -> str:
     out: list[str] = []
+    prefix, base_chains, regular_chains = LAYOUTS[plan.layout]
     for table in plan.tables():
-        name = f"inet {TABLE_PREFIX}{table}"
+        name = f"inet {prefix}{table}"
         ops = [op for op in plan.ops if op.rule.table == table]
         used = {op.rule.chain for op in ops} | {t for op in ops if (t := op.rule.jump_target)}
         out.append(f"add table {name}")
         out.append(f"flush table {name}")
-        for chain, ctype, hook, prio in BASE_CHAINS[table]:
+        for chain, ctype, hook, prio in base_chains[table]:
             if chain in used:
                 out.append(f"add chain {name} {chain} {{ type {ctype} hook {hook} priority {prio} ; }}")
-        for chain in REGULAR_CHAINS[table]:
+        for chain in regular_chains[table]:
             if chain in used:
                 out.append(f"add chain {name} {chain}")
         counts: dict[str, int] = {}
@@ -32,10 +33,10 @@ def render_nft(plan: NftPlan) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def render_nft_cleanup() -> str:
+def render_nft_cleanup(prefix: str = TABLE_PREFIX) -> str:
     """Delete every Istio table; `add` first so deleting a missing table is not an error."""
     out = []
     for table in ("nat", "mangle", "raw"):
-        out.append(f"add table inet {TABLE_PREFIX}{table}")
-        out.append(f"delete table inet {TABLE_PREFIX}{table}")
+        out.append(f"add table inet {prefix}{table}")
+        out.append(f"delete table inet {prefix}{table}")
     return "\n".join(out) + "\n"
