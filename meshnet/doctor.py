@@ -57,9 +57,22 @@ class Report:
 
 
 def _checks() -> list[Any]:
-    from meshnet.checks import backends_check, conntrack_check, dns_zones, drift, listeners, no_rules, tproxy_routing
+    from meshnet.checks import (
+        backends_check,
+        capture_probes,
+        conntrack_check,
+        dns_listener,
+        dns_zones,
+        drift,
+        listeners,
+        no_rules,
+        proxy_owner,
+        tproxy_routing,
+    )
 
-    return [no_rules, backends_check, drift, tproxy_routing, dns_zones, listeners, conntrack_check]
+    # capture_probes before drift: without a spec, a failed probe's finding carries the structural holes.
+    return [no_rules, backends_check, capture_probes, drift, tproxy_routing, dns_zones, listeners, dns_listener,
+            proxy_owner, conntrack_check]
 
 
 def diagnose(netns: Netns, spec: Spec | None = None, host: Netns | None = None) -> Report:

@@ -122,7 +122,8 @@ def test_output_jump_removed_is_incomplete(topo: Topology, quiet_host: Netns) ->
     proxy(topo)
     topo.pod.run(["iptables-nft", "-t", "nat", "-D", "OUTPUT", "-j", "ISTIO_OUTPUT"])
     report = diagnose(topo.pod, None, quiet_host)
-    assert {f.kind for f in report.problems} == {"incomplete-rules"}
+    # The outbound probe fails; the structural hole is part of its evidence (one root cause, one finding).
+    assert {f.kind for f in report.problems} == {"outbound-not-captured"}
     assert any("OUTPUT does not jump" in e and "v4" in e for e in report.problems[0].evidence)
 
 
@@ -130,7 +131,9 @@ def test_nft_redirect_chain_flushed_is_incomplete(topo: Topology, quiet_host: Ne
     apply(topo, istio_spec(), "nftables")
     proxy(topo)
     topo.pod.run(["nft", "flush", "chain", "inet", "istio-proxy-nat", "istio-redirect"])
-    assert problems(topo, None, quiet_host) == {"incomplete-rules"}
+    assert problems(topo, None, quiet_host) == {"outbound-not-captured"}
+    # with the spec, drift names the missing rule instead
+    assert problems(topo, istio_spec(), quiet_host) == {"drift"}
 
 
 def test_tproxy_without_policy_route(topo: Topology, quiet_host: Netns) -> None:

@@ -46,3 +46,4 @@ class Context:
     conntrack: Snapshot | None = None
     conntrack_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    structure_explained: bool = False  # a capture probe failed and its finding carries the structural holes

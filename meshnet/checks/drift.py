@@ -160,6 +160,8 @@ def run(ctx: Context) -> list[Finding]:
             lines[:40] + ([f"... {len(lines) - 40} more"] if len(lines) > 40 else []),
             "re-apply the spec (istio-iptables / `meshnet` apply with --reconcile), or find what edited the rules "
             "(another init container, a CNI chained plugin, a manual iptables command)")]
+    if ctx.structure_explained:
+        return []  # capture_probes already reported the broken capture, holes included
     holes = structural_holes(live)
     if not holes:
         return []

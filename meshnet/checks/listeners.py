@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meshnet.checks import Context, Finding
+from meshnet.checks.intent import DNS_PROXY_PORT
 from meshnet.checks.rules_info import facts
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
@@ -30,7 +31,8 @@ def bound_ports(ctx: Context, proto: str) -> set[int]:
 
 
 def run(ctx: Context) -> list[Finding]:
-    wanted = facts(ctx.live).captures
+    # The DNS proxy's port has its own finding (dns_listener): a missing DNS proxy is another root cause.
+    wanted = {(proto, port) for proto, port in facts(ctx.live).captures if port != DNS_PROXY_PORT}
     if not wanted:
         return []
     bound = {proto: bound_ports(ctx, proto) for proto in ("tcp", "udp")}
