@@ -10,6 +10,11 @@ calling thread**:
   ``setns(2)`` and then dies, so no pooled or main thread is ever left in another namespace;
 * pyroute2 is bound with ``flags=0`` so a typo can never create a namespace.
 
+When the namespace is the one the calling thread is already in (istio-init, istio-validation, a
+debug container: ``Netns.resolve()`` with no argument), none of that happens: tools run directly,
+sockets and netlink are opened directly, /proc is read directly. setns(2) needs CAP_SYS_ADMIN even
+to "enter" one's own namespace, and a pod gets only CAP_NET_ADMIN + CAP_NET_RAW (or nothing).
+
 Import cost matters (the CNI plugin imports this on every invocation): only cheap stdlib
 modules are imported at module level; ctypes and pyroute2 are imported lazily.
 """
@@ -155,6 +160,16 @@ class Netns:
             raise
         return _Fd(fd)
 
+    def _enter_failed(self, exc: OSError) -> str:
+        """One line for a refused setns/nsenter: names CAP_SYS_ADMIN when that is what is missing."""
+        if exc.errno == errno.EPERM:
+            from meshnet import caps
+
+            why = caps.explain(f"entering network namespace {self.label!r} ({self.path})", [caps.SYS_ADMIN])
+            if why:
+                return why
+        return f"cannot enter network namespace {self.label!r} ({self.path}): {exc.strerror or exc}"
+
     def _missing_msg(self) -> str:
         if self.label.startswith("pid "):
             return f"process {self.label[4:]} not found ({self.path})"
@@ -205,6 +220,7 @@ class Netns:
         from meshnet import spawn  # posix_spawn runner: `subprocess` would add ~7 ms of imports
 
         full = self.argv(argv)
+        entering = full[0] == "nsenter"
         try:
             cp = spawn.run(full, input=input, timeout=timeout, env=env)
         except spawn.SpawnTimeout:
@@ -212,6 +228,12 @@ class Netns:
         except FileNotFoundError as e:
             missing = e.filename or full[0]
             raise NetnsError(f"[{self.label}] {_cmdline(argv)}: executable not found ({missing})") from None
+        if entering and cp.returncode != 0 and (cp.stderr or "").startswith("nsenter: "):
+            # nsenter itself failed (the program never ran): not the tool's error, whatever `check` says.
+            reason = cp.stderr.splitlines()[0].removeprefix("nsenter: ").strip()
+            if reason.startswith("failed to execute"):
+                raise NetnsError(f"[{self.label}] {_cmdline(argv)}: executable not found ({reason})")
+            raise NetnsError(self._enter_failed(OSError(errno.EPERM if "not permitted" in reason else 0, reason)))
         if check and cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or "").splitlines() if ln.strip()]
             last = lines[-1].strip() if lines else "(no stderr)"
@@ -232,6 +254,10 @@ class Netns:
         Anything fn() creates that binds at creation (sockets, opened /proc files) stays
         bound to this namespace and may be used from any thread.
         """
+        if self.is_current():
+            # Already here (istio-init, a debug container): no thread, no setns, which would need
+            # CAP_SYS_ADMIN even to "enter" the namespace one is in.
+            return fn()
         result: list[Any] = []
         error: list[BaseException] = []
         with self._open() as nsfd:  # open in the caller: a missing namespace fails here, early
@@ -241,7 +267,7 @@ class Netns:
                     try:
                         _setns(nsfd.fd)
                     except OSError as e:
-                        raise NetnsError(f"setns into {self.label!r} ({self.path}) failed: {e}") from None
+                        raise NetnsError(self._enter_failed(e)) from None
                     result.append(fn())
                 except BaseException as e:  # re-raised in the caller
                     error.append(e)
@@ -289,8 +315,8 @@ class Netns:
         return _Prefetch(self, tuple(names))
 
     def _read_many(self, names: tuple[str, ...]) -> dict[str, str | None]:
-        paths = [f"/proc/net/{n}" for n in names]
         if self.is_current():
+            paths = [f"/proc/thread-self/net/{n}" for n in names]  # /proc/net is the main thread's
             out: dict[str, str | None] = {}
             for name, path in zip(names, paths, strict=True):
                 try:
@@ -299,6 +325,7 @@ class Netns:
                     out[name] = None
             return out
         # grep -H prefixes each line with its file; -s: missing files are silently skipped.
+        paths = [f"/proc/net/{n}" for n in names]
         res = self.run(["grep", "-sH", "", *paths], check=False)
         lines: dict[str, list[str]] = {n: [] for n in names}
         for line in res.stdout.splitlines():
@@ -342,7 +369,7 @@ class Netns:
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise NetnsError(self._missing_msg()) from None
-            raise NetnsError(f"pyroute2 cannot enter {self.label!r} ({self.path}): {e}") from None
+            raise NetnsError(self._enter_failed(e)) from None
 
 
 class _Fd:

@@ -23,6 +23,11 @@ def _nft(netns: Netns, argv: list[str], text: str | None = None) -> str:
     except NetnsError as exc:
         raise ApplyError(str(exc)) from None
     if cp.returncode != 0:
+        from meshnet import caps
+
+        why = caps.explain("nft", [caps.NET_ADMIN]) if caps.denied(cp.stderr) else None
+        if why:
+            raise ApplyError(f"[{netns.label}] {why}")
         lines = [ln.strip() for ln in cp.stderr.splitlines() if ln.strip() and not ln.strip().startswith("^")]
         detail = "; ".join(lines[:2]) if lines else f"exit {cp.returncode}"
         raise ApplyError(f"[{netns.label}] nft {' '.join(argv)}: {detail}")

@@ -85,7 +85,17 @@ def add_tproxy(netns: Netns, mark: int, table: int, ipv6: bool, changes: Changes
                     ipr.rule("add", family=fam, fwmark=mark, table=table, priority=prio)
                     changes.rules.append((fam, mark, table, prio))
     except (OSError, NetlinkError, NetnsError) as exc:
-        raise ApplyError(f"[{netns.label}] TPROXY routing (fwmark {mark} lookup {table}): {exc}") from None
+        doing = f"TPROXY routing (ip rule fwmark {mark} lookup {table})"
+        raise ApplyError(f"[{netns.label}] {_eperm_reason(exc, doing) or f'{doing}: {exc}'}") from None
+
+
+def _eperm_reason(exc: BaseException, doing: str) -> str | None:
+    """The missing capability behind a netlink EPERM, if that is what it was."""
+    if getattr(exc, "code", None) == 1 or getattr(exc, "errno", None) == 1:  # EPERM
+        from meshnet import caps
+
+        return caps.explain(doing, [caps.NET_ADMIN])
+    return None
 
 
 def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = None, ipv6: bool = False) -> bool:
@@ -188,7 +198,10 @@ def add_passthrough_v6(netns: Netns, changes: Changes) -> None:
     try:
         netns.run(["ip", "-6", "addr", "add", f"{PASSTHROUGH_V6}/128", "dev", "lo"], timeout=30)
     except NetnsError as exc:
-        raise ApplyError(f"cannot add {PASSTHROUGH_V6}/128 to lo: {exc}") from None
+        from meshnet import caps
+
+        why = caps.explain(f"adding {PASSTHROUGH_V6}/128 to lo", [caps.NET_ADMIN]) if caps.denied(str(exc)) else None
+        raise ApplyError(f"[{netns.label}] {why}" if why else f"cannot add {PASSTHROUGH_V6}/128 to lo: {exc}") from None
     changes.passthrough_v6 = True
 
 

@@ -6,7 +6,10 @@ is therefore shared by every network namespace on the host (Istio #47002: pods s
 behind kube-proxy). For another namespace we lock that namespace's own nsfs file instead
 (XTABLES_LOCKFILE, exactly as Istio's CNI sandbox does), so 32 concurrent applies into 32
 namespaces never wait on each other or on the host; in the current namespace (istio-init in its
-own container) the default lock is used, like Istio. The wait is always bounded (`-w`).
+own container) the default lock is used, like Istio, unless it cannot be opened (a read-only root
+filesystem, no /run): then the namespace's own nsfs file (/proc/self/ns/net of the tool), which
+needs no capability to open and flock. An XTABLES_LOCKFILE set by the operator is kept for the
+current namespace. The wait is always bounded (`-w`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from meshnet.netns import Netns, NetnsError, which
 from meshnet.records import dataclass
 
 LOCK_WAIT_SECONDS = 10
+DEFAULT_LOCK = "/run/xtables.lock"
+OWN_NETNS_LOCK = "/proc/self/ns/net"  # resolved by the iptables process itself: its (our) namespace
 TIMEOUT_SECONDS = 60.0
 # xtables exit codes, as Istio words them.
 _EXIT_MEANING = {1: "other problem", 2: "parameter problem", 3: "version problem", 4: "resource problem"}
@@ -44,9 +49,13 @@ class Xtables:
         return which(self.binary(4, "restore")) is not None
 
     def lock_env(self, netns: Netns) -> dict[str, str] | None:
-        if self.variant != "legacy" or netns.is_current():
+        if self.variant != "legacy":
             return None
-        return {**os.environ, "XTABLES_LOCKFILE": netns.path}
+        if not netns.is_current():
+            return {**os.environ, "XTABLES_LOCKFILE": netns.path}
+        if "XTABLES_LOCKFILE" in os.environ or _default_lock_usable():
+            return None
+        return {**os.environ, "XTABLES_LOCKFILE": OWN_NETNS_LOCK}
 
     def save(self, netns: Netns, family: Family) -> str:
         """Full save output with counters. Creates nothing: without -t only existing tables are read."""
@@ -79,6 +88,20 @@ class Xtables:
             raise ApplyError(_describe(netns, argv, cp.returncode, cp.stderr))
 
 
+_LOCK_USABLE: list[bool] = []
+
+
+def _default_lock_usable() -> bool:
+    """Can iptables open /run/xtables.lock here? It opens it O_CREAT, so try exactly that (once)."""
+    if not _LOCK_USABLE:
+        try:
+            os.close(os.open(DEFAULT_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _LOCK_USABLE.append(True)
+        except OSError:
+            _LOCK_USABLE.append(False)
+    return _LOCK_USABLE[0]
+
+
 def strip_counters(save_text: str) -> str:
     """Drop the `[packets:bytes] ` prefix `-c` puts before each rule (parsers want plain rules)."""
     return "\n".join(line.split("] ", 1)[1] if line.startswith("[") else line for line in save_text.splitlines())
@@ -101,4 +124,12 @@ def _describe(netns: Netns, argv: list[str], code: int, stderr: str) -> str:
         meaning = f"killed by signal {-code}"
     else:
         meaning = f"xtables {_EXIT_MEANING.get(code, 'error')} (exit {code})"
+    if code > 0:
+        from meshnet import caps
+
+        if caps.denied(stderr or ""):
+            needs = [caps.NET_ADMIN, caps.NET_RAW] if "-legacy-" in argv[0] else [caps.NET_ADMIN]
+            why = caps.explain(argv[0].rsplit("/", 1)[-1], needs)
+            if why:
+                return f"[{netns.label}] {why}"
     return f"[{netns.label}] {argv[0]}: {meaning}: {detail}"

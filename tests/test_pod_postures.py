@@ -1,0 +1,252 @@
+"""`meshnet istio-iptables` in the postures Kubernetes gives it, against the real kernel.
+
+The injector runs istio-init as uid 0 with `capabilities: {drop: [ALL], add: [NET_ADMIN, NET_RAW]}`
+and `allowPrivilegeEscalation: false`; here that is `ip netns exec POD setpriv --bounding-set
+-all,+net_admin,+net_raw --inh-caps -all,+net_admin,+net_raw --no-new-privs -- meshnet ...`: the
+process is *in* the pod namespace and cannot setns (no CAP_SYS_ADMIN), so everything must happen
+in place. Every posture run is compared with the same flags applied by full root from outside
+(`--network-namespace`, the path the rest of the suite proves) into a second pod: iptables-save
+(both variants, both families), `nft list ruleset`, `ip rule`, the TPROXY table and lo's addresses
+must be identical. Re-running is a no-op, `--cleanup-only` restores the pristine dumps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from topology import Topology, connect
+
+from meshnet.netns import Netns
+
+pytestmark = pytest.mark.netns
+
+ISTIO_INIT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+              "-d", "15090,15021,15020"]
+TPROXY = [*ISTIO_INIT[:6], "-m", "TPROXY", *ISTIO_INIT[8:]]
+# The injector's istio-init securityContext; CapEff 0x3000 = bits 12 (NET_ADMIN) and 13 (NET_RAW).
+INJECTOR = ["setpriv", "--bounding-set", "-all,+net_admin,+net_raw", "--inh-caps", "-all,+net_admin,+net_raw",
+            "--no-new-privs", "--"]
+INJECTOR_CAPEFF = "0000000000003000"
+NO_CAPS = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
+MESHNET = [sys.executable, "-m", "meshnet.cli.main"]
+PROXY_UID = 1337
+
+
+def in_pod(ns: Netns, argv: Sequence[str], posture: Sequence[str] = INJECTOR, env: dict[str, str] | None = None,
+           wrap: Sequence[str] = (), input: str = "") -> subprocess.CompletedProcess[str]:
+    """Run argv inside the pod the way a container runtime would: in its namespace, caps dropped."""
+    return subprocess.run(["ip", "netns", "exec", ns.label, *wrap, *posture, *argv], capture_output=True, text=True,
+                          timeout=120, input=input, cwd="/", env={**os.environ, **(env or {})})
+
+
+def istio_iptables(ns: Netns, *flags: str, posture: Sequence[str] = INJECTOR,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return in_pod(ns, [*MESHNET, "istio-iptables", *flags], posture, env)
+
+
+def as_root_from_outside(ns: Netns, *flags: str, env: dict[str, str] | None = None) -> None:
+    cp = subprocess.run([*MESHNET, "istio-iptables", "--network-namespace", ns.label, *flags], capture_output=True,
+                        text=True, timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    assert cp.returncode == 0, cp.stderr
+
+
+def ok(cp: subprocess.CompletedProcess[str]) -> str:
+    assert cp.returncode == 0 and "Traceback" not in cp.stderr, (cp.returncode, cp.stdout, cp.stderr)
+    return cp.stdout
+
+
+def one_line_error(cp: subprocess.CompletedProcess[str], code: int) -> str:
+    assert cp.returncode == code, (cp.returncode, cp.stdout, cp.stderr)
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in cp.stderr, cp.stderr
+    return lines[0]
+
+
+def _drop_empty_tables(save: str) -> str:
+    """iptables-save without comments, counters or tables that hold nothing (a legacy table the
+    kernel instantiated on first read stays, empty, for the namespace's life)."""
+    out: list[str] = []
+    block: list[str] = []
+    for line in save.splitlines():
+        if line.startswith("#"):
+            continue
+        line = line.split(" [", 1)[0] if line.startswith(":") else line
+        block.append(line)
+        if line == "COMMIT":
+            if any(b.startswith("-A") or (b.startswith(":") and " - " in b + " ") for b in block[1:]):
+                out.extend(block)
+            block = []
+    return "\n".join(out)
+
+
+def dump(ns: Netns) -> dict[str, str]:
+    """Everything istio-iptables may touch, read by full root from outside."""
+    def run(*argv: str) -> str:
+        return ns.run(list(argv)).stdout
+
+    out = {f"{tool}": _drop_empty_tables(run(tool)) for tool in
+           ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save")}
+    out["nft"] = run("nft", "list", "ruleset")
+    out["ip rule"] = run("ip", "-4", "rule") + run("ip", "-6", "rule")
+    # A table that was never used makes `ip route show table` fail ("Dump terminated"): that is "empty".
+    out["table 133"] = "".join(ns.run(["ip", f, "route", "show", "table", "133"], check=False).stdout
+                               for f in ("-4", "-6"))
+    out["lo"] = " ".join(sorted(line.split()[3] for line in run("ip", "-o", "addr", "show", "dev", "lo").splitlines()))
+    return out
+
+
+def without_nft(d: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in d.items() if k != "nft"}
+
+
+@pytest.fixture
+def pods() -> Iterator[tuple[Topology, Topology]]:
+    """The pod under test and a reference pod, both dual-stack addressed (IPv4 first)."""
+    with Topology() as pod, Topology() as ref:
+        yield pod, ref
+
+
+@pytest.fixture
+def resolv_conf(tmp_path: Path) -> str:
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 10.96.0.10\nnameserver fd00:96::a\nsearch default.svc.cluster.local\n")
+    return str(path)
+
+
+def test_the_posture_is_the_injectors(pods: tuple[Topology, Topology]) -> None:
+    """The wrapper really drops everything but NET_ADMIN + NET_RAW and sets no_new_privs."""
+    status = ok(in_pod(pods[0].pod, ["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)", "/proc/self/status"]))
+    assert f"CapEff:\t{INJECTOR_CAPEFF}" in status and f"CapBnd:\t{INJECTOR_CAPEFF}" in status, status
+    assert "NoNewPrivs:\t1" in status, status
+    setns = in_pod(pods[0].pod, ["nsenter", f"--net=/run/netns/{pods[0].pod.label}", "--", "true"])
+    assert setns.returncode != 0 and "Operation not permitted" in setns.stderr  # what used to break istio-init
+
+
+CASES = {
+    "redirect": (ISTIO_INIT, {}),
+    "tproxy-dual-stack": (TPROXY, {"ISTIO_DUAL_STACK": "true"}),
+    "dns-capture": (ISTIO_INIT, {"ISTIO_META_DNS_CAPTURE": "true"}),
+    "native-nftables": ([*ISTIO_INIT, "--native-nftables"], {}),
+    "native-nftables-tproxy-dual-stack": ([*TPROXY, "--native-nftables"], {"ISTIO_DUAL_STACK": "true"}),
+    "iptables-legacy": ([*ISTIO_INIT, "--force-iptables-binary", "legacy"], {}),
+    "tproxy-legacy": ([*TPROXY, "--force-iptables-binary", "legacy"], {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_injector_posture_applies_what_root_applies(pods: tuple[Topology, Topology], resolv_conf: str,
+                                                    case: str) -> None:
+    """Same rules as root from outside; re-run is a no-op; --cleanup-only gives the pristine namespace back."""
+    pod, ref = pods[0].pod, pods[1].pod
+    flags, extra = CASES[case]
+    env = {**extra, "MESHNET_RESOLV_CONF": resolv_conf}
+    pristine = dump(pod)
+    first = ok(istio_iptables(pod, *flags, env=env))
+    assert "applied" in first and " in current" in first, first
+    as_root_from_outside(ref, *flags, env=env)
+    applied = dump(pod)
+    assert applied == dump(ref)
+    assert applied != pristine
+    again = ok(istio_iptables(pod, *flags, env=env))
+    assert "already applied" in again and "no change" in again, again
+    assert dump(pod) == applied
+    ok(istio_iptables(pod, "--cleanup-only"))
+    assert dump(pod) == pristine
+
+
+def test_what_the_cases_hold(pods: tuple[Topology, Topology], resolv_conf: str) -> None:
+    """Spot checks with the tools' own words, so the equality above cannot pass on two empty dumps."""
+    pod = pods[0].pod
+    ok(istio_iptables(pod, *TPROXY, env={"ISTIO_DUAL_STACK": "true"}))
+    d = dump(pod)
+    assert "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --on-port 15006 --on-ip 0.0.0.0 " \
+           "--tproxy-mark 0x539/0xffffffff" in d["iptables-nft-save"], d["iptables-nft-save"]
+    assert "-j TPROXY --on-port 15006 --on-ip ::" in d["ip6tables-nft-save"]
+    assert d["ip rule"].count("fwmark 0x539 lookup 133") == 2, d["ip rule"]
+    assert d["table 133"].count("local default dev lo") == 2, d["table 133"]
+    assert "::6/128" in d["lo"].split(), d["lo"]
+    ok(istio_iptables(pod, "--cleanup-only"))
+    ok(istio_iptables(pod, *ISTIO_INIT, env={"ISTIO_META_DNS_CAPTURE": "true", "MESHNET_RESOLV_CONF": resolv_conf}))
+    d = dump(pod)
+    assert "-A ISTIO_OUTPUT_DNS -d 10.96.0.10/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in \
+        d["iptables-nft-save"], d["iptables-nft-save"]
+    assert "-A ISTIO_INBOUND -s 10.96.0.10/32 -p udp -m udp --sport 53 -j CT --zone 1" in d["iptables-nft-save"]
+    ok(istio_iptables(pod, "--cleanup-only"))
+    ok(istio_iptables(pod, *ISTIO_INIT, "--native-nftables"))
+    assert "table inet istio-proxy-nat" in dump(pod)["nft"]
+
+
+def test_reconcile_in_posture(pods: tuple[Topology, Topology]) -> None:
+    pod, ref = pods[0].pod, pods[1].pod
+    ok(istio_iptables(pod, *ISTIO_INIT))
+    changed = [*ISTIO_INIT[:-1], "15090", "-q", "80,443"]
+    before = dump(pod)
+    line = one_line_error(istio_iptables(pod, *changed), 1)
+    assert "differ from the spec" in line and "--reconcile" in line, line
+    assert dump(pod) == before  # a refused run changes nothing
+    assert "reconciled" in ok(istio_iptables(pod, *changed, "--reconcile"))
+    as_root_from_outside(ref, *changed)
+    # `nft list` orders iptables-nft's chains by creation, which reconcile changes: compare iptables-save
+    assert without_nft(dump(pod)) == without_nft(dump(ref))
+    # nftables: one transaction swaps REDIRECT for TPROXY, routing included
+    ok(istio_iptables(pod, "--cleanup-only"))
+    ok(istio_iptables(pod, *ISTIO_INIT, "--native-nftables"))
+    assert "replaced" in ok(istio_iptables(pod, *TPROXY, "--native-nftables", "--reconcile"))
+    ok(istio_iptables(ref, "--cleanup-only"))
+    as_root_from_outside(ref, *TPROXY, "--native-nftables")
+    assert dump(pod) == dump(ref)
+
+
+def test_redirect_traffic_lands_on_the_sidecar_in_posture(topology: Topology) -> None:
+    """After the posture run, real TCP both ways lands on a uid-1337 fake sidecar with its original destination;
+    the sidecar's own traffic goes out untouched."""
+    ok(istio_iptables(topology.pod, *ISTIO_INIT))
+    topology.start_server(topology.pod, "proxy", tcp_ports=[15001, 15006], uid=PROXY_UID)
+    topology.start_server(topology.peer, "peer", tcp_ports=[80])
+    inbound = connect(topology.peer, topology.pod_ip4, 8080)
+    assert inbound.get("name") == "proxy" and inbound["listener_port"] == 15006, inbound
+    assert inbound["orig_dst"] == [topology.pod_ip4, 8080], inbound
+    outbound = connect(topology.pod, topology.peer_ip4, 80, uid=1000)
+    assert outbound.get("name") == "proxy" and outbound["listener_port"] == 15001, outbound
+    assert outbound["orig_dst"] == [topology.peer_ip4, 80], outbound
+    own = connect(topology.pod, topology.peer_ip4, 80, uid=PROXY_UID)
+    assert own.get("name") == "peer" and own["orig_dst"] is None, own
+    excluded = connect(topology.peer, topology.pod_ip4, 15020)  # -d: inbound ports left alone
+    assert excluded.get("error") == "refused", excluded
+
+
+def test_legacy_lock_with_a_read_only_run(topology: Topology) -> None:
+    """iptables-legacy needs its lock file; with /run read-only (readOnlyRootFilesystem) the default
+    /run/xtables.lock cannot be opened, so meshnet locks the namespace's own nsfs file instead."""
+    ro_run = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs -o ro,size=64k mn-ro-run /run && exec "$@"', "sh"]
+    legacy = in_pod(topology.pod, ["iptables-legacy-restore", "--wait=5", "--noflush"], wrap=ro_run,
+                    input="*nat\nCOMMIT\n")
+    assert legacy.returncode == 4 and "lock file" in legacy.stderr, legacy.stderr  # the bare tool fails here
+    cp = in_pod(topology.pod, [*MESHNET, "istio-iptables", *ISTIO_INIT, "--force-iptables-binary", "legacy"],
+                wrap=ro_run)
+    assert "applied 18 rules with iptables-legacy" in ok(cp)
+    assert "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in dump(topology.pod)["iptables-legacy-save"]
+
+
+@pytest.mark.parametrize("flags", [ISTIO_INIT, [*ISTIO_INIT, "--native-nftables"], ["--cleanup-only"],
+                                   [*TPROXY, "--force-iptables-binary", "legacy"]], ids=str)
+def test_without_net_admin_one_line_names_it(topology: Topology, flags: list[str]) -> None:
+    before = dump(topology.pod)
+    line = one_line_error(istio_iptables(topology.pod, *flags, posture=NO_CAPS), 1)
+    assert line.startswith("istio-iptables: error: ") and "lacks CAP_NET_ADMIN" in line, line
+    assert dump(topology.pod) == before
+
+
+def test_status_json_as_seen_from_outside_after_posture_run(topology: Topology) -> None:
+    ok(istio_iptables(topology.pod, *ISTIO_INIT))
+    cp = subprocess.run([*MESHNET, "status", "--netns", topology.pod.label, *ISTIO_INIT, "--json"],
+                        capture_output=True, text=True, timeout=60)
+    doc = json.loads(cp.stdout)
+    assert cp.returncode == 0 and doc["in_sync"] and doc["backends"] == ["iptables-nft"], (cp.stderr, doc)
