@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from meshnet.checks import Context, Finding
 from meshnet.errors import MeshnetError
+from meshnet.netns import Netns, NetnsError
 from meshnet.records import dataclass, field
 
 if TYPE_CHECKING:
-    from meshnet.netns import Netns
+    from collections.abc import Callable
+
+    from meshnet.conntrack.snapshot import Snapshot
     from meshnet.spec import Spec
 
 EXIT_HEALTHY, EXIT_FINDINGS, EXIT_CANNOT_INSPECT = 0, 1, 2
@@ -30,6 +33,7 @@ class Report:
     backends: list[str]
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    mode: str | None = None  # REDIRECT / TPROXY from the live rules; None without capture rules
 
     @property
     def problems(self) -> list[Finding]:
@@ -40,7 +44,7 @@ class Report:
         return EXIT_FINDINGS if self.problems else EXIT_HEALTHY
 
     def to_dict(self) -> dict[str, Any]:
-        return {"netns": self.netns, "backends": self.backends, "healthy": not self.problems,
+        return {"netns": self.netns, "backends": self.backends, "mode": self.mode, "healthy": not self.problems,
                 "findings": [f.to_dict() for f in self.findings], "notes": self.notes}
 
     def lines(self) -> list[str]:
@@ -75,7 +79,18 @@ def _checks() -> list[Any]:
             proxy_owner, conntrack_check]
 
 
-def diagnose(netns: Netns, spec: Spec | None = None, host: Netns | None = None) -> Report:
+def _mode(live: Any) -> str | None:
+    from meshnet.checks.rules_info import facts
+
+    f = facts(live)
+    return "TPROXY" if f.tproxy_marks else "REDIRECT" if f.captures else None
+
+
+def diagnose(netns: Netns | Any, spec: Spec | None = None, host: Netns | Any | None = None,
+             conntrack: Callable[[], Snapshot] | None = None) -> Report:
+    """Read `netns` once and run every check. `netns` is any namespace source (see
+    meshnet.support.source): a live Netns, a Recorder while collecting a bundle, or a bundle's
+    Replay; `conntrack` reads the conntrack snapshot (default: live, over netlink)."""
     from meshnet.live import read_live
 
     live = read_live(netns)
@@ -85,15 +100,26 @@ def diagnose(netns: Netns, spec: Spec | None = None, host: Netns | None = None) 
     ctx = Context(netns, live, spec=spec, host=host)
     ctx.notes += live.errors
     from meshnet.conntrack.netlink import NetlinkError
-    from meshnet.conntrack.snapshot import collect_live
+
+    if conntrack is None:
+        from meshnet.conntrack.snapshot import collect_live
+
+        def conntrack() -> Snapshot:
+            return collect_live(netns)
 
     try:
-        ctx.conntrack = collect_live(netns)
+        ctx.conntrack = conntrack()
     except (MeshnetError, OSError, NetlinkError) as exc:
         ctx.conntrack_error = str(exc)
-    report = Report(netns.label, live.istio_backends())
+    report = Report(netns.label, live.istio_backends(), mode=_mode(live))
+    offline = not isinstance(netns, Netns)
     for check in _checks():
-        report.findings += check.run(ctx)
+        try:
+            report.findings += check.run(ctx)
+        except NetnsError as exc:
+            if not offline:
+                raise
+            ctx.notes.append(f"{check.__name__.rsplit('.', 1)[-1]} not checked: {exc}")
     report.notes = ctx.notes
     order = {"critical": 0, "warning": 1, "info": 2}
     report.findings.sort(key=lambda f: order.get(f.severity, 3))

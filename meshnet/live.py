@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from meshnet.backends import LEGACY, NFT, NFTABLES
 from meshnet.errors import MeshnetError
 from meshnet.model import Family, RuleSet
-from meshnet.netns import which
 from meshnet.records import dataclass, field
+from meshnet.support.source import has_tool
 
 if TYPE_CHECKING:
     from meshnet.netns import Netns
@@ -64,7 +64,7 @@ def read_live(netns: Netns, *, nft_native: bool = True) -> LiveState:
     state = LiveState(netns.label)
     for variant, backend in (("legacy", LEGACY), ("nft", NFT)):
         x = Xtables(variant)
-        if not x.available():
+        if not has_tool(netns, x.binary(4, "restore")):
             state.errors.append(f"{x.binary(4, 'save')} not installed: {backend} rules not read")
             continue
         for fam in FAMILIES:
@@ -83,7 +83,7 @@ def read_live(netns: Netns, *, nft_native: bool = True) -> LiveState:
 def read_nft(netns: Netns, errors: list[str]) -> NftRuleset | None:
     from meshnet.parse.nft_json import parse_nft_json
 
-    if which("nft") is None:
+    if not has_tool(netns, "nft"):
         errors.append("nft not installed: native nftables rules not read")
         return None
     try:

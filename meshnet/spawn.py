@@ -60,18 +60,18 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0,
         raise
     for fd in (in_r, out_w, err_w):
         os.close(fd)
+    # Each fd is closed exactly once: a second close(2) of a number another thread has just been
+    # given (doctor --all runs many commands at once) would close that thread's file.
+    owned = {in_w, out_r, err_r}
     try:
-        return Completed(args, *_communicate(pid, in_w, out_r, err_r, (input or "").encode(), timeout))
+        return Completed(args, *_communicate(pid, in_w, out_r, err_r, (input or "").encode(), timeout, owned))
     finally:
-        for fd in (in_w, out_r, err_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for fd in owned:
+            os.close(fd)
 
 
 def _communicate(pid: int, in_w: int, out_r: int, err_r: int, payload: bytes,
-                 timeout: float) -> tuple[int, str, str]:
+                 timeout: float, owned: set[int]) -> tuple[int, str, str]:
     deadline = time.monotonic() + timeout
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     poller = select.poll()
@@ -81,6 +81,7 @@ def _communicate(pid: int, in_w: int, out_r: int, err_r: int, payload: bytes,
         os.set_blocking(in_w, False)
         poller.register(in_w, select.POLLOUT)
     else:
+        owned.discard(in_w)
         os.close(in_w)
     open_fds = {out_r, err_r} | ({in_w} if payload else set())
     sent = 0
@@ -97,6 +98,7 @@ def _communicate(pid: int, in_w: int, out_r: int, err_r: int, payload: bytes,
                     sent = len(payload)  # the program stopped reading; its exit status tells why
                 if sent >= len(payload):
                     poller.unregister(in_w)
+                    owned.discard(in_w)
                     os.close(in_w)
                     open_fds.discard(in_w)
             else:

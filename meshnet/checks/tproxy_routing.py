@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import socket
+import json
 from typing import Any
 
 from meshnet.checks import Context, Finding
 from meshnet.checks.rules_info import facts
 from meshnet.errors import MeshnetError
 
-RTN_LOCAL = 2
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _IP = {4: "ip", 6: "ip -6"}
 
 
-def _routed(ipr: Any, fam: int, mark: int) -> bool:
+def _ip_json(ctx: Context, fam: int, *args: str) -> list[dict[str, Any]]:
+    """`ip -j` output: read through the namespace source, so a support bundle replays it."""
+    cp = ctx.netns.run(["ip", f"-{fam}", "-j", *args])
+    return json.loads(cp.stdout or "[]")
+
+
+def _routed(rules: list[dict[str, Any]], routes: list[dict[str, Any]], mark: int) -> bool:
     """A `fwmark MARK lookup T` rule whose table T has `local default dev lo`."""
-    lo = ipr.link_lookup(ifname="lo")[0]
-    for rule in ipr.get_rules(family=_AF[fam]):
-        if rule.get_attr("FRA_FWMARK") != mark:
+    for rule in rules:
+        if "fwmark" not in rule or int(str(rule["fwmark"]), 0) != mark:
             continue
-        table = rule.get_attr("FRA_TABLE") or rule["table"]
-        if any(r["type"] == RTN_LOCAL and r["dst_len"] == 0 and r.get_attr("RTA_OIF") == lo
-               for r in ipr.get_routes(family=_AF[fam], table=table)):
+        table = str(rule.get("table", "main"))
+        if any(r.get("type") == "local" and r.get("dst") == "default" and r.get("dev") == "lo"
+               and str(r.get("table", "main")) == table for r in routes):
             return True
     return False
 
@@ -31,11 +34,12 @@ def run(ctx: Context) -> list[Finding]:
     marks = facts(ctx.live).tproxy_marks
     if not marks:
         return []
+    missing = []
     try:
-        with ctx.netns.ipr() as ipr:
-            missing = [(fam, mark) for fam, ms in sorted(marks.items()) for mark in sorted(ms)
-                       if not _routed(ipr, fam, mark)]
-    except (MeshnetError, OSError) as exc:
+        for fam, ms in sorted(marks.items()):
+            rules, routes = _ip_json(ctx, fam, "rule", "show"), _ip_json(ctx, fam, "route", "show", "table", "all")
+            missing += [(fam, mark) for mark in sorted(ms) if not _routed(rules, routes, mark)]
+    except (MeshnetError, OSError, ValueError) as exc:
         ctx.notes.append(f"TPROXY routing not read: {exc}")
         return []
     if not missing:

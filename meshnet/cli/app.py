@@ -7,6 +7,7 @@ import click
 from meshnet.cli.apply_cmd import apply_cmd
 from meshnet.cli.cleanup_cmd import cleanup_cmd
 from meshnet.cli.cni_cmd import cni_cmd
+from meshnet.cli.collect_cmd import collect_cmd
 from meshnet.cli.conntrack_cmd import conntrack_group
 from meshnet.cli.diff_cmd import diff_cmd
 from meshnet.cli.doctor_cmd import doctor_cmd
@@ -42,5 +43,6 @@ cli.add_command(validate_cmd)
 cli.add_command(diff_cmd)
 cli.add_command(explain_cmd)
 cli.add_command(doctor_cmd)
+cli.add_command(collect_cmd)
 cli.add_command(conntrack_group)
 cli.add_command(probe_group)

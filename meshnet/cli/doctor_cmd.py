@@ -1,25 +1,45 @@
-"""`meshnet doctor`: every check at once. Exit 0 healthy, 1 findings, 2 could not inspect."""
+"""`meshnet doctor`: every check at once. Exit 0 healthy, 1 findings, 2 could not inspect.
+
+One pod (--netns/--pid), every pod on the node (--all, the exit code is the worst), or a
+support bundle offline (--bundle FILE: the same checks on what `meshnet collect` recorded).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from meshnet.cli.diff_cmd import PASS_THROUGH
 from meshnet.cli.errors import guarded
+from meshnet.errors import UsageError
+
+if TYPE_CHECKING:
+    from meshnet.node import Row
 
 
 def run_doctor(argv: list[str]) -> int:
     from meshnet.cli.diff_cmd import expected_spec, make_parser, parse, resolve_netns, spec_given
+    from meshnet.cli.node_args import add_node_args
     from meshnet.doctor import CannotInspect, diagnose
     from meshnet.netns import Netns, NetnsError
 
     parser = make_parser("meshnet doctor")
     parser.add_argument("--host-netns", default=None, metavar="NAME|PATH",
                         help="namespace whose iptables backend counts as the host's (default: the current one)")
+    parser.add_argument("--bundle", default=None, metavar="FILE", help="diagnose a `meshnet collect` bundle offline")
+    parser.add_argument("--pod", default=None, metavar="LABEL", help="with --bundle: only this pod of the bundle")
+    add_node_args(parser)
     ns = parse(parser, argv)
+    if ns.bundle is not None or ns.all:
+        if ns.netns is not None or ns.pid is not None or spec_given(ns):
+            raise UsageError("--all and --bundle take no --netns/--pid and no expected spec (the checks need none)")
+        if ns.bundle is not None and ns.all:
+            raise UsageError("give --all or --bundle, not both")
+        return _bundle(ns) if ns.bundle is not None else _all(ns)
     try:
         netns = resolve_netns(ns)
         host = Netns.resolve(netns=ns.host_netns)
@@ -27,17 +47,69 @@ def run_doctor(argv: list[str]) -> int:
         raise CannotInspect(str(exc)) from None
     spec = expected_spec(ns, netns) if spec_given(ns) else None
     report = diagnose(netns, spec, host)
-    if ns.json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
-        sys.stdout.write("\n".join(report.lines()) + "\n")
+    _print_report(report.to_dict() if ns.json else report.lines(), ns.json)
     return report.exit_code
+
+
+def _print_report(out: Any, as_json: bool) -> None:
+    sys.stdout.write(json.dumps(out, indent=2) + "\n" if as_json else "\n".join(out) + "\n")
+
+
+def _all(ns: argparse.Namespace) -> int:
+    from meshnet.cli.node_args import node_targets
+    from meshnet.netns import Netns
+    from meshnet.node import doctor_all
+
+    targets = node_targets(ns)
+    host = Netns.resolve(netns=ns.host_netns)
+    rows = doctor_all(targets, host, jobs=ns.jobs, timeout=ns.pod_timeout)
+    return _print_rows(rows, ns.json, source="node")
+
+
+def _print_rows(rows: list[Row], as_json: bool, source: str) -> int:
+    from meshnet.node import table, worst_exit
+
+    code = worst_exit(rows)
+    if as_json:
+        _print_report({"source": source, "exit": code, "pods": [r.to_dict() for r in rows]}, True)
+    else:
+        lines = table(rows) if rows else ["no pod network namespaces found"]
+        counts = [sum(r.exit_code == c for r in rows) for c in (0, 1, 2)]
+        lines.append(f"{len(rows)} namespace(s): {counts[0]} healthy, {counts[1]} with findings, "
+                     f"{counts[2]} not inspected")
+        _print_report(lines, False)
+    return code
+
+
+def _bundle(ns: argparse.Namespace) -> int:
+    from meshnet.doctor import CannotInspect, diagnose
+    from meshnet.node import Row, Target, judge
+    from meshnet.support.archive import read_bundle
+
+    bundle = read_bundle(ns.bundle)
+    rows: list[Row] = []
+    for pod in bundle.select(ns.pod):
+        target = Target(pod.source, (0, 0), pod.pod)  # type: ignore[arg-type]  # a Replay stands in for Netns
+        try:
+            report = diagnose(pod.source, None, pod.host, conntrack=pod.snapshot)
+        except CannotInspect as exc:
+            rows.append(Row(target, exc.exit_code, error=str(exc)))
+            continue
+        rows.append(Row(target, judge(target, report), report))
+    if len(rows) == 1 and rows[0].report is not None:
+        report = rows[0].report
+        _print_report(report.to_dict() if ns.json else
+                      [f"bundle {ns.bundle} (collected {bundle.node.get('created', '?')} on kernel "
+                       f"{bundle.node.get('kernel', '?')})", *report.lines()], ns.json)
+        return rows[0].exit_code
+    return _print_rows(rows, ns.json, source=f"bundle {ns.bundle}")
 
 
 @click.command("doctor", context_settings=PASS_THROUGH, add_help_option=False)
 @click.pass_context
 def doctor_cmd(ctx: click.Context) -> None:
     """Diagnose a pod's interception: missing rules, wrong backend, drift, TPROXY routing, DNS zones,
-    proxy listeners, conntrack. meshnet doctor --netns NAME|--pid PID [ISTIO FLAGS | -f SPEC.yaml] [--json]
+    proxy listeners, conntrack. meshnet doctor --netns NAME|--pid PID [ISTIO FLAGS | -f SPEC.yaml] [--json];
+    every pod of the node: --all [--cri unix:///run/containerd/containerd.sock]; offline: --bundle FILE
     """
     ctx.exit(guarded(lambda: run_doctor(list(ctx.args)), prog="meshnet doctor"))

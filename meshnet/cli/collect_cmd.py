@@ -1,0 +1,59 @@
+"""`meshnet collect`: a support bundle (tar.gz) of a pod namespace, or of every one on the node."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from meshnet.cli.diff_cmd import PASS_THROUGH
+from meshnet.cli.errors import guarded
+from meshnet.errors import UsageError
+
+
+def run_collect(argv: list[str]) -> int:
+    import argparse
+
+    from meshnet.cli.diff_cmd import parse
+    from meshnet.cli.node_args import add_node_args, node_targets
+    from meshnet.netns import Netns
+    from meshnet.node import Target, bounded
+    from meshnet.support.collect import collect_pod, node_info, write_bundle
+
+    parser = argparse.ArgumentParser(prog="meshnet collect", description="write a support bundle")
+    parser.add_argument("--netns", default=None, metavar="NAME|PATH")
+    parser.add_argument("--pid", default=None, type=int)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
+    parser.add_argument("--host-netns", default=None, metavar="NAME|PATH",
+                        help="namespace whose iptables backend counts as the host's (default: the current one)")
+    add_node_args(parser)
+    ns = parse(parser, argv)
+    if ns.all == (ns.netns is not None or ns.pid is not None):
+        raise UsageError("give the pod's namespace (--netns NAME|PATH or --pid PID) or --all")
+    host = Netns.resolve(netns=ns.host_netns)
+    if ns.all:
+        targets = node_targets(ns)
+    else:
+        one = Netns.resolve(netns=ns.netns, pid=ns.pid)
+        targets = [Target(one, (0, one.inode), {"expect_mesh": True})]  # the pod asked about
+
+    def failed(t: Target, reason: str) -> dict[str, object]:
+        return {"error": reason, "label": t.netns.label}
+
+    pods = bounded(targets, lambda t: collect_pod(t.netns, host, t.pod), failed, ns.jobs, ns.pod_timeout * 2)
+    missed = [p for p in pods if "error" in p and "record" not in p]
+    good = [p for p in pods if "record" in p]
+    write_bundle(ns.output, good, node_info())
+    for p in missed:
+        sys.stderr.write(f"meshnet collect: warning: {p['label']} not collected: {p['error']}\n")
+    sys.stdout.write(f"{ns.output}: {len(good)} namespace(s)\n")
+    return 2 if missed and not good else 0
+
+
+@click.command("collect", context_settings=PASS_THROUGH, add_help_option=False)
+@click.pass_context
+def collect_cmd(ctx: click.Context) -> None:
+    """Write a support bundle: rules of every backend with counters, nft, routing, addresses, sockets,
+    conntrack, TCP counters, sysctls, versions. meshnet collect --netns NS|--pid PID|--all -o FILE.tar.gz
+    """
+    ctx.exit(guarded(lambda: run_collect(list(ctx.args)), prog="meshnet collect"))

@@ -1,0 +1,1 @@
+"""Support bundles: record what diagnosis reads from a namespace, replay it offline."""
