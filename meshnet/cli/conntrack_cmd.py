@@ -64,13 +64,16 @@ def conntrack_group() -> None:
 @click.option("--pid", type=int, help="Analyze the network namespace of this process.")
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False),
               help="Offline: a saved `conntrack -L [-o extended]` or /proc/net/nf_conntrack file.")
+@click.option("--bundle", type=click.Path(dir_okay=False),
+              help="Offline: a `meshnet collect` support bundle (the conntrack state it recorded).")
+@click.option("--pod", "pod", help="With --bundle of several namespaces: the one to analyze (label or pod name).")
 @click.option("--envoy-log", type=click.Path(dir_okay=False), help="Envoy access log (Istio text or JSON).")
 @click.option("--kernel", "kernel", help="Kernel release of the node, for --from-file (e.g. 6.1.0-56-amd64).")
 @click.option("--interval", type=float, default=0.0, show_default=True,
               help="Sample counters twice this many seconds apart, to see them rise.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, envoy_log: str | None,
-                kernel: str | None, interval: float, as_json: bool) -> None:
+def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundle: str | None, pod: str | None,
+                envoy_log: str | None, kernel: str | None, interval: float, as_json: bool) -> None:
     """Find, explain and predict duplicate five-tuple collisions in a pod namespace."""
 
     def run() -> int:
@@ -78,7 +81,11 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, envoy
 
         if interval < 0:
             raise CmdError("--interval must be >= 0")
-        if from_file is not None:
+        if bundle is not None:
+            if netns is not None or pid is not None or from_file is not None:
+                raise CmdError("--bundle cannot be combined with --netns/--pid/--from-file")
+            snap = _bundle_snapshot(bundle, pod)
+        elif from_file is not None:
             if netns is not None or pid is not None:
                 raise CmdError("--from-file cannot be combined with --netns/--pid")
             from meshnet.conntrack.snapshot import collect_file
@@ -108,6 +115,19 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, envoy
         return exit_code(findings)
 
     sys.exit(_guard(run))
+
+
+def _bundle_snapshot(path: str, pod: str | None) -> Any:
+    from meshnet.support.archive import BundleError, read_bundle
+
+    try:
+        pods = read_bundle(path).select(pod)
+        if len(pods) != 1:
+            raise CmdError(f"{path} holds {len(pods)} namespaces: choose one with --pod "
+                           f"({', '.join(p.label for p in pods)})")
+        return pods[0].snapshot()
+    except BundleError as e:
+        raise CmdError(str(e)) from None
 
 
 def stats_json(snap: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from meshnet.errors import MeshnetError
@@ -35,7 +36,10 @@ class BundlePod:
 
         if self.conntrack is None:
             raise BundleError(f"{self.label}: the bundle has no conntrack table ({self.conntrack_error})")
-        return snapshot_json.load(self.conntrack)
+        try:
+            return snapshot_json.load(self.conntrack)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{self.label}: malformed conntrack record ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -59,22 +63,32 @@ def read_bundle(path: str) -> Bundle:
         tar = tarfile.open(path, mode="r:*")
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{path}: not a meshnet support bundle ({exc})") from None
-    with tar:
-        manifest = _json(tar, path, "manifest.json")
-        if manifest.get("format", "").split("/")[0] != "meshnet-support-bundle":
-            raise BundleError(f"{path}: not a meshnet support bundle (format {manifest.get('format')!r})")
-        pods = []
+    except (tarfile.TarError, OSError, EOFError):
+        raise BundleError(f"{path}: not a meshnet support bundle (not a tar archive)") from None
+    try:
+        with tar:
+            return _read(tar, path)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise BundleError(f"{path}: damaged bundle ({type(exc).__name__})") from None
+
+
+def _read(tar: tarfile.TarFile, path: str) -> Bundle:
+    manifest = _json(tar, path, "manifest.json")
+    if str(manifest.get("format", "")).split("/")[0] != "meshnet-support-bundle":
+        raise BundleError(f"{path}: not a meshnet support bundle (format {manifest.get('format')!r})")
+    pods = []
+    try:
         for entry in manifest.get("pods", []):
             rec = _json(tar, path, f"{entry['dir']}/record.json")
             host = rec.get("host")
             pods.append(BundlePod(
                 label=rec["label"], pod=rec.get("pod") or {},
                 source=Replay(rec["label"], rec["path"], rec["record"]),
-                host=Replay("host", rec.get("host_path") or "host", host) if host else None,
+                host=Replay(rec.get("host_label") or "host", rec.get("host_path") or "host", host) if host else None,
                 conntrack=rec.get("conntrack"), conntrack_error=rec.get("conntrack_error"),
                 doctor=rec.get("doctor") or {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: malformed bundle record ({type(exc).__name__}: {exc})") from None
     return Bundle(path, manifest.get("node", {}), pods)
 
 

@@ -108,7 +108,7 @@ def collect_pod(netns: Netns, host: Netns | None, pod: dict[str, Any] | None = N
     files["sysctls.txt"] = "".join(f"{k} = {v if v is not None else '(absent)'}\n" for k, v in rec.sysctls.items())
     return {"label": netns.label, "path": netns.path, "inode": netns.inode, "pod": pod or {},
             "record": rec.record(), "host": host_rec.record() if host_rec else None,
-            "host_path": host.path if host_rec and host else None,
+            "host_path": host.path if host_rec and host else None, "host_label": host.label if host else None,
             "conntrack": conntrack, "conntrack_error": conntrack_error, "doctor": doctor, "files": files}
 
 
