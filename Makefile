@@ -1,5 +1,5 @@
 # The two commands of the README. Both do all the set-up they need (apt-get packages, ./.venv).
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench cri-stubs
 
 setup:
 	@bash scripts/setup.sh
@@ -13,3 +13,7 @@ test: setup
 
 bench: setup
 	@for b in bench/*.py; do .venv/bin/python $$b; done
+
+# The CRI client's stubs (meshnet/cri/*_pb2*.py) from meshnet/cri/cri_subset.proto; committed, so only after edits.
+cri-stubs: setup
+	@.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. meshnet/cri/cri_subset.proto
