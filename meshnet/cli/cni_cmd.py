@@ -101,13 +101,26 @@ def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> N
 @cni_cmd.command("agent")
 @click.option("--socket", "socket_path", default=None, help="Unix socket (default /run/meshnet-cni/agent.sock).")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64))
-def agent_cmd(socket_path: str | None, workers: int) -> None:
+@click.option("--metrics-port", "metrics_address", default=None, metavar="[HOST:]PORT",
+              help="Serve Prometheus metrics on this address (e.g. 15099 or 127.0.0.1:15099).")
+@click.option("--doctor-interval", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --metrics-port: seconds between node-wide doctor sweeps (0: none).")
+def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None, doctor_interval: float) -> None:
     """Serve plugin requests from warm, pre-forked workers (optional; the plugin works without it)."""
 
     def go() -> int:
         from meshnet.cni.agent import serve
         from meshnet.cni.shim import DEFAULT_SOCKET
+        from meshnet.errors import UsageError
 
-        return serve(socket_path or DEFAULT_SOCKET, workers)
+        if metrics_address is not None:
+            from meshnet.cni.metrics import parse_address
+
+            try:
+                parse_address(metrics_address)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        return serve(socket_path or DEFAULT_SOCKET, workers, metrics_address=metrics_address,
+                     doctor_interval=doctor_interval)
 
     raise SystemExit(guarded(go))

@@ -55,7 +55,7 @@ def _read_all(conn: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def handle(conn: socket.socket) -> None:
+def handle(conn: socket.socket, reports: socket.socket | None = None) -> None:
     from meshnet.cni.plugin import run
 
     uid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
@@ -63,18 +63,23 @@ def handle(conn: socket.socket) -> None:
         return
     env, stdin = decode_request(_read_all(conn))
     out = io.StringIO()
+    t0 = time.monotonic()
     code = run(io.BytesIO(stdin), out, env)
     conn.sendall(bytes([code & 0xFF]) + out.getvalue().encode())
+    if reports is not None:
+        from meshnet.cni.metrics import report
+
+        report(reports, env, code, time.monotonic() - t0)
 
 
-def _worker(listener: socket.socket) -> None:
+def _worker(listener: socket.socket, reports: socket.socket | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     while True:
         conn, _ = listener.accept()
         with conn:
             try:
-                handle(conn)
+                handle(conn, reports)
             except Exception as exc:  # a broken request: the shim sees EOF and runs it itself
                 sys.stderr.write(f"meshnet-cni agent: request failed: {type(exc).__name__}: {exc}\n")
 
@@ -95,21 +100,35 @@ def _listen(path: str) -> socket.socket:
     return listener
 
 
-def _spawn(listener: socket.socket) -> int:
+def _spawn(listener: socket.socket, reports: socket.socket | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            _worker(listener)
+            _worker(listener, reports)
         finally:
             os._exit(1)
     return pid
 
 
-def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | None = None) -> int:
-    """Run until SIGTERM/SIGINT. Prints READY (to `ready`, default stdout) once accepting."""
+def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | None = None,
+          metrics_address: str | None = None, doctor_interval: float = 0.0) -> int:
+    """Run until SIGTERM/SIGINT. Prints READY (to `ready`, default stdout) once accepting.
+
+    With `metrics_address` (PORT or HOST:PORT) the supervisor serves Prometheus metrics there and,
+    every `doctor_interval` seconds (0: never), sweeps the node with doctor in a forked child.
+    """
     _preload()
+    metrics = scrape = sweeper = None
+    worker_end = supervisor_end = None
+    if metrics_address is not None:
+        from meshnet.cni.metrics import AgentMetrics, Sweeper, http_listener
+
+        metrics = AgentMetrics()
+        scrape = http_listener(metrics_address)
+        supervisor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sweeper = Sweeper(doctor_interval, metrics)
     listener = _listen(path)
-    children = {_spawn(listener) for _ in range(workers)}
+    children = {_spawn(listener, worker_end) for _ in range(workers)}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -121,15 +140,24 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
     print("READY", file=ready or sys.stdout, flush=True)
     try:
         while not stopping:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if pid in children:
-                children.discard(pid)
-                children.add(_spawn(listener))
-            time.sleep(0.2)
+            if metrics is None:
+                time.sleep(0.2)
+            else:
+                _metrics_step(metrics, scrape, supervisor_end, sweeper)
+            for pid in list(children):  # only our workers: the sweeper reaps its own child
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done == pid:
+                    children.discard(pid)
+                    children.add(_spawn(listener, worker_end))
     finally:
+        if sweeper is not None:
+            sweeper.stop()
+        for s in (scrape, supervisor_end, worker_end):
+            if s is not None:
+                s.close()
         for pid in children:  # only our own workers, by PID
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -146,3 +174,31 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
         except FileNotFoundError:
             pass
     return 0
+
+
+def _metrics_step(metrics: object, scrape: socket.socket | None, reports: socket.socket | None,
+                  sweeper: object) -> None:
+    """One turn of the supervisor loop: scrapes, worker reports, the sweeper's pipe (0.2 s at most)."""
+    import select
+
+    from meshnet.cni.metrics import AgentMetrics, Sweeper, serve_scrape
+
+    assert isinstance(metrics, AgentMetrics) and isinstance(sweeper, Sweeper)
+    assert scrape is not None and reports is not None
+    sweeper.tick()
+    fds: list[object] = [scrape, reports] + ([sweeper.fd] if sweeper.fd is not None else [])
+    try:
+        readable, _, _ = select.select(fds, [], [], 0.2)
+    except InterruptedError:
+        return
+    for r in readable:
+        if r is scrape:
+            serve_scrape(scrape, metrics)
+        elif r is reports:
+            while True:
+                try:
+                    metrics.add_report(reports.recv(65536, socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    break
+        else:
+            sweeper.readable()
