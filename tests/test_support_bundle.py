@@ -94,7 +94,7 @@ STATES: dict[str, tuple[Callable[[Topology], None], set[str]]] = {
     "healthy-tproxy": (_healthy_tproxy, set()),
     "backend-mismatch": (_legacy_on_nft_host, {"backend-mismatch"}),
     "tproxy-routing-missing": (_tproxy_route_gone, {"tproxy-routing-missing"}),
-    "incomplete-rules": (_output_jump_gone, {"incomplete-rules"}),
+    "outbound-not-captured": (_output_jump_gone, {"outbound-not-captured"}),
     "proxy-not-listening": (_no_proxy, {"proxy-not-listening"}),
     "no-interception-rules": (_no_rules, {"no-interception-rules"}),
 }
