@@ -15,7 +15,7 @@ netlink through pyroute2 bound to the namespace.
 
 from __future__ import annotations
 
-from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, routing
+from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, nslock, routing
 from meshnet.backends.xtables import TIMEOUT_SECONDS, Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
 from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
@@ -142,6 +142,13 @@ def spec_for_netns(spec: Spec, netns: Netns) -> Spec:
 # ------------------------------------------------------------------------------------ apply
 def apply_spec(netns: Netns, spec: Spec, *, backend: str = "auto", reconcile: bool = False,
                force: bool = False) -> ApplyResult:
+    """Under the namespace's writer lock: a concurrent writer of the same spec finds it applied
+    (no-op), one of another spec finds drift (error, or reconcile when asked)."""
+    with nslock.locked(netns):
+        return _apply_locked(netns, spec, backend, reconcile, force)
+
+
+def _apply_locked(netns: Netns, spec: Spec, backend: str, reconcile: bool, force: bool) -> ApplyResult:
     if backend == "auto":
         from meshnet.istio_builder import build_iptables
 
@@ -438,11 +445,16 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
 
 # ------------------------------------------------------------------------------------ cleanup
 def cleanup(netns: Netns, *, backend: str = "all") -> CleanupResult:
-    """Remove everything meshnet or Istio installed, whatever the config was."""
-    from meshnet.backends.xt_cleanup import plan_removal
-
+    """Remove everything meshnet or Istio installed, whatever the config was (under the writer lock)."""
     if backend != "all" and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: expected all, {', '.join(BACKENDS)}")
+    with nslock.locked(netns):
+        return _cleanup_locked(netns, backend)
+
+
+def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
+    from meshnet.backends.xt_cleanup import plan_removal
+
     wanted = set(BACKENDS) if backend == "all" else {backend}
     cleaned: list[str] = []
     removed: list[str] = []

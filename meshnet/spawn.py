@@ -35,22 +35,61 @@ class SpawnTimeout(Exception):
     pass
 
 
+# thread ident -> fds every child that thread spawns inherits (the namespace writer lock, so that
+# a restore outliving a SIGKILLed meshnet still holds it; see backends/nslock.py).
+_INHERITED: dict[int, list[int]] = {}
+# Linux pipe capacity: a payload up to this size is in the pipe before the child starts.
+PIPE_CAPACITY = 65536
+
+
+def inherit(fd: int) -> None:
+    from _thread import get_ident
+
+    _INHERITED.setdefault(get_ident(), []).append(fd)
+
+
+def disinherit(fd: int) -> None:
+    from _thread import get_ident
+
+    fds = _INHERITED.get(get_ident(), [])
+    if fd in fds:
+        fds.remove(fd)
+    if not fds:
+        _INHERITED.pop(get_ident(), None)
+
+
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0,
         env: Mapping[str, str] | None = None) -> Completed:
     """Run argv (PATH lookup), feed `input` (or /dev/null), capture stdout/stderr as UTF-8.
 
     Raises FileNotFoundError when the program does not exist and SpawnTimeout (after killing
     the child) when it outlives `timeout`.
+
+    A payload that fits the pipe is written (and the pipe closed) before the child starts: the
+    child then reads all of it or never runs, even if this process is SIGKILLed right after the
+    spawn (a restore never commits half a payload because its feeder died).
     """
     args = list(argv)
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    payload = (input or "").encode()
+    if payload and len(payload) <= PIPE_CAPACITY:
+        os.set_blocking(in_w, False)
+        try:
+            payload = payload[os.write(in_w, payload):]
+        except BlockingIOError:  # a capacity-limited pipe (pipe-user-pages-soft): fed below instead
+            pass
     actions = [
         (os.POSIX_SPAWN_DUP2, in_r, 0),
         (os.POSIX_SPAWN_DUP2, out_w, 1),
         (os.POSIX_SPAWN_DUP2, err_w, 2),
     ]
+    if _INHERITED:
+        from _thread import get_ident
+
+        # dup2(fd, fd) clears FD_CLOEXEC in the child only (glibc >= 2.29)
+        actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in _INHERITED.get(get_ident(), ())]
     try:
         pid = os.posix_spawnp(args[0], args, dict(env) if env is not None else os.environ,
                               file_actions=actions)
@@ -64,7 +103,7 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0,
     # given (doctor --all runs many commands at once) would close that thread's file.
     owned = {in_w, out_r, err_r}
     try:
-        return Completed(args, *_communicate(pid, in_w, out_r, err_r, (input or "").encode(), timeout, owned))
+        return Completed(args, *_communicate(pid, in_w, out_r, err_r, payload, timeout, owned))
     finally:
         for fd in owned:
             os.close(fd)

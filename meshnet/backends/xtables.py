@@ -10,6 +10,11 @@ own container) the default lock is used, like Istio, unless it cannot be opened 
 filesystem, no /run): then the namespace's own nsfs file (/proc/self/ns/net of the tool), which
 needs no capability to open and flock. An XTABLES_LOCKFILE set by the operator is kept for the
 current namespace. The wait is always bounded (`-w`).
+
+Under meshnet's own writer lock (backends/nslock.py, itself an flock on that nsfs inode) a restore
+must not lock the nsfs file again (through another open it would wait on its own parent): it gets
+a private per-namespace file, /run/meshnet/locks/<dev>-<ino>.xtables, or where /run is not
+writable its own mount namespace's nsfs file (/proc/self/ns/mnt: nobody else locks that).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from meshnet.records import dataclass
 LOCK_WAIT_SECONDS = 10
 DEFAULT_LOCK = "/run/xtables.lock"
 OWN_NETNS_LOCK = "/proc/self/ns/net"  # resolved by the iptables process itself: its (our) namespace
+OWN_MNT_LOCK = "/proc/self/ns/mnt"
 TIMEOUT_SECONDS = 60.0
 # xtables exit codes, as Istio words them.
 _EXIT_MEANING = {1: "other problem", 2: "parameter problem", 3: "version problem", 4: "resource problem"}
@@ -51,11 +57,14 @@ class Xtables:
     def lock_env(self, netns: Netns) -> dict[str, str] | None:
         if self.variant != "legacy":
             return None
+        from meshnet.backends import nslock
+
+        held = nslock.identity(netns) in set(nslock.held_by_this_thread())
         if not netns.is_current():
-            return {**os.environ, "XTABLES_LOCKFILE": netns.path}
+            return {**os.environ, "XTABLES_LOCKFILE": _private_lock(netns) if held else netns.path}
         if "XTABLES_LOCKFILE" in os.environ or _default_lock_usable():
             return None
-        return {**os.environ, "XTABLES_LOCKFILE": OWN_NETNS_LOCK}
+        return {**os.environ, "XTABLES_LOCKFILE": _private_lock(netns) if held else OWN_NETNS_LOCK}
 
     def save(self, netns: Netns, family: Family) -> str:
         """Full save output with counters. Creates nothing: without -t only existing tables are read."""
@@ -100,6 +109,17 @@ def _default_lock_usable() -> bool:
         except OSError:
             _LOCK_USABLE.append(False)
     return _LOCK_USABLE[0]
+
+
+def _private_lock(netns: Netns) -> str:
+    from meshnet.backends import nslock
+
+    dev, ino = nslock.identity(netns)
+    try:
+        os.makedirs(nslock.FALLBACK_DIR, mode=0o700, exist_ok=True)
+    except OSError:
+        return OWN_MNT_LOCK
+    return f"{nslock.FALLBACK_DIR}/{dev}-{ino}.xtables"
 
 
 def strip_counters(save_text: str) -> str:
