@@ -10,6 +10,31 @@ import click
 from meshnet.cli.errors import guarded
 
 
+def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
+    from meshnet.errors import UsageError
+    from meshnet.explain_packet import parse_packet
+    from meshnet.explain_trace import trace_packet
+    from meshnet.netns import Netns
+
+    packet = parse_packet(packet_text)
+    if netns_name is None and pid is None:
+        raise UsageError("give the pod's namespace: --netns NAME|PATH or --pid PID")
+    netns = Netns.resolve(netns=netns_name, pid=pid)
+    explanations, traces, sent = trace_packet(netns, packet)
+    if as_json:
+        sys.stdout.write(json.dumps({"netns": netns.label, "sent": sent,
+                                     "results": [{**e.to_dict(), "trace": t.to_dict()}
+                                                 for e, t in zip(explanations, traces, strict=True)]},
+                                    indent=2) + "\n")
+    else:
+        for e, t in zip(explanations, traces, strict=True):
+            sys.stdout.write("\n".join([*e.lines(), *t.lines()]) + "\n")
+    # 0: the kernel took the predicted path; 1: it did not (a finding), or the prediction is uncertain.
+    bad = any(not t.matches for t in traces) or any(e.verdict is None or e.verdict.kind == "uncertain"
+                                                    for e in explanations)
+    return 1 if bad else 0
+
+
 def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
     from meshnet.errors import UsageError
     from meshnet.explain import explain_live
@@ -36,10 +61,13 @@ def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_js
 @click.option("--netns", "netns_name", default=None, metavar="NAME|PATH", help="pod network namespace")
 @click.option("--pid", default=None, type=int, help="a process in the pod")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def explain_cmd(packet: str, netns_name: str | None, pid: int | None, as_json: bool) -> None:
+@click.option("--trace", is_flag=True,
+              help="send one real packet matching PACKET and compare the kernel's nftrace path with the prediction")
+def explain_cmd(packet: str, netns_name: str | None, pid: int | None, as_json: bool, trace: bool) -> None:
     """Follow PACKET through the pod's live rules, e.g.
 
     'tcp 10.0.0.5:41000 -> 10.96.0.10:80 out uid=1000' or 'tcp 10.1.1.1:5000 -> 10.0.0.5:8080 in iface=eth0'.
     Options in PACKET: uid= gid= iface= oif= state=NEW|ESTABLISHED|RELATED|INVALID mark= ctmark=.
     """
-    sys.exit(guarded(lambda: run_explain(packet, netns_name, pid, as_json), prog="meshnet explain"))
+    run = run_trace if trace else run_explain
+    sys.exit(guarded(lambda: run(packet, netns_name, pid, as_json), prog="meshnet explain"))

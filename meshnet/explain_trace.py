@@ -1,0 +1,414 @@
+"""`meshnet explain --trace`: send one real packet in the pod and let the kernel tell its path.
+
+A temporary table `inet meshnet-trace-<pid>` hooks before raw (priority -350) and sets
+`meta nftrace set 1` on exactly the packet (addresses, ports, protocol, SYN for TCP); `nft -a
+monitor trace` reports every rule the packet matched, with its handle, in every nf_tables table,
+iptables-nft's included. The handles are mapped back to rule positions (`nft -j list ruleset`)
+and so to the model's rules, and the observed path is compared with the one `explain` predicts.
+
+The packet: `out` is a real socket in the namespace as uid/gid (a TCP SYN from connect(), one UDP
+datagram); `in` is one raw frame sent from the other end of the interface (the veth peer, found by
+its ifindex) so that it really arrives on that interface. The table is deleted in `finally`; a table
+left by a killed meshnet is deleted by the next run (its pid is dead). iptables-legacy rules are not
+nf_tables rules and cannot be traced this way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from meshnet.errors import MeshnetError, UsageError
+from meshnet.records import dataclass, field
+
+if TYPE_CHECKING:
+    from meshnet.explain import Explanation
+    from meshnet.explain_packet import Packet
+    from meshnet.live import LiveState
+    from meshnet.netns import Netns
+
+TABLE_PREFIX = "meshnet-trace-"
+MODELED = ("raw", "mangle", "nat")
+_EVENT = re.compile(r"^trace id (?P<id>\w+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) "
+                    r"(?P<what>packet:|rule|policy|verdict|unknown)(?P<rest>.*)$")
+_HOP = re.compile(r"^(?P<chain>\S+) rule (?P<i>\d+) \(")
+
+
+class CannotTrace(MeshnetError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Hop:
+    table: str
+    chain: str
+    index: int  # 1-based position in the chain, as explain numbers rules
+    text: str = ""
+
+    def key(self) -> tuple[str, str, int]:
+        return (self.table, self.chain, self.index)
+
+    def line(self) -> str:
+        return f"{self.table} {self.chain} rule {self.index}" + (f" ({self.text})" if self.text else "")
+
+
+@dataclass
+class Trace:
+    backend: str
+    predicted: list[Hop]
+    observed: list[Hop]
+    events: list[str] = field(default_factory=list)  # the kernel's lines of the traced packet
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return [h.key() for h in self.predicted] == [h.key() for h in self.observed]
+
+    def lines(self) -> list[str]:
+        out = [f"  predicted: {' -> '.join(h.line() for h in self.predicted) or '(no rule matches)'}",
+               f"  observed:  {' -> '.join(h.line() for h in self.observed) or '(no rule matched)'}"]
+        if self.matches:
+            out.append("  trace: the kernel took exactly the predicted path")
+        else:
+            first = next((i for i, (a, b) in enumerate(zip(self.predicted, self.observed, strict=False))
+                          if a.key() != b.key()), min(len(self.predicted), len(self.observed)))
+            out.append(f"  finding trace-mismatch: the kernel's path differs from the model's at hop {first + 1}")
+        out += [f"  kernel: {e}" for e in self.events]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"backend": self.backend, "matches": self.matches,
+                "predicted": [h.line() for h in self.predicted], "observed": [h.line() for h in self.observed],
+                "events": self.events, "notes": self.notes}
+
+
+# ----------------------------------------------------------------- the temporary table
+def _nft(netns: Netns, *args: str, input: str | None = None, check: bool = True) -> str:
+    return netns.run(["nft", *args], input=input, check=check).stdout
+
+
+def remove_stale_tables(netns: Netns) -> list[str]:
+    """Delete trace tables whose meshnet process is gone (killed before its `finally`)."""
+    removed = []
+    for line in _nft(netns, "list", "tables", check=False).splitlines():
+        words = line.split()
+        if len(words) == 3 and words[2].startswith(TABLE_PREFIX):
+            pid = words[2][len(TABLE_PREFIX):]
+            if pid.isdigit() and not _alive(int(pid)):
+                _nft(netns, "delete", "table", words[1], words[2], check=False)
+                removed.append(words[2])
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _selector(p: Packet) -> str:
+    ip = "ip" if p.family == 4 else "ip6"
+    sel = (f"meta l4proto {p.proto} {ip} saddr {p.src} {ip} daddr {p.dst} "
+           f"{p.proto} sport {p.sport} {p.proto} dport {p.dport}")
+    if p.proto == "tcp":
+        sel += " tcp flags & (syn | ack) == syn"  # the connection's first packet only
+    return sel
+
+
+def table_text(name: str, p: Packet) -> str:
+    hook = "output" if p.direction == "out" else "prerouting"
+    return (f"table inet {name} {{\n  chain trace {{\n    type filter hook {hook} priority -350; policy accept;\n"
+            f"    {_selector(p)} meta nftrace set 1\n  }}\n}}\n")
+
+
+# ----------------------------------------------------------------- sending the packet
+_OUT_SCRIPT = r'''
+import socket, sys
+fam, proto, src, sport, dst, dport = sys.argv[1:7]
+af = socket.AF_INET if fam == "4" else socket.AF_INET6
+s = socket.socket(af, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((src, int(sport)))
+s.settimeout(0.7)
+try:
+    if proto == "tcp":
+        s.connect((dst, int(dport)))
+    else:
+        s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07meshnet\x00\x00\x01\x00\x01", (dst, int(dport)))
+    print("sent")
+except OSError as e:
+    print("error", e.errno, e.strerror)
+'''
+
+
+def send_out(netns: Netns, p: Packet) -> str:
+    from meshnet.addresses import local_addresses
+
+    if p.src not in local_addresses(netns):
+        raise UsageError(f"the source {p.src} of an `out` packet must be one of the pod's addresses")
+    argv = [sys.executable, "-I", "-S", "-c", _OUT_SCRIPT, str(p.family), p.proto, str(p.src), str(p.sport),
+            str(p.dst), str(p.dport)]
+    if p.uid not in (None, 0) or p.gid not in (None, 0):
+        uid = p.uid or 0
+        gid = p.gid if p.gid is not None else uid
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    cp = netns.run(argv, check=False, timeout=10)
+    return (cp.stdout.strip() or cp.stderr.strip()).splitlines()[-1] if (cp.stdout or cp.stderr) else ""
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def frame(p: Packet, dst_mac: bytes, src_mac: bytes) -> bytes:
+    """Ethernet + IPv4/IPv6 + a TCP SYN or a small UDP datagram, checksums filled."""
+    src, dst = p.src.packed, p.dst.packed
+    if p.proto == "tcp":
+        l4 = struct.pack("!HHIIBBHHH", p.sport, p.dport, 0x6D6E0001, 0, 5 << 4, 0x02, 64240, 0, 0)
+        proto = 6
+    else:
+        payload = b"meshnet-trace"
+        l4 = struct.pack("!HHHH", p.sport, p.dport, 8 + len(payload), 0) + payload
+        proto = 17
+    if p.family == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, proto, len(l4))
+    else:
+        pseudo = src + dst + struct.pack("!I3xB", len(l4), proto)
+    c = _csum(pseudo + l4) or 0xFFFF
+    off = 16 if proto == 6 else 6
+    l4 = l4[:off] + struct.pack("!H", c) + l4[off + 2:]
+    if p.family == 4:
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0x6D6E, 0x4000, 64, proto, 0, src, dst)
+        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        ethertype = 0x0800
+    else:
+        hdr = struct.pack("!IHBB16s16s", 0x60000000, len(l4), proto, 64, src, dst)
+        ethertype = 0x86DD
+    return dst_mac + src_mac + struct.pack("!H", ethertype) + hdr + l4
+
+
+@dataclass(frozen=True)
+class Link:
+    ifindex: int
+    name: str
+    mac: bytes
+    peer_ifindex: int | None
+    peer_netns: str | None  # a /run/netns name when `ip` knows it
+
+
+def _links(netns: Netns) -> list[Link]:
+    out = []
+    for line in netns.run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
+        m = re.match(r"^(\d+): ([^:@]+)(?:@if(\d+)|@\S+)?:", line)
+        if not m:
+            continue
+        mac = re.search(r"link/\w+ ([0-9a-f:]{17})", line)
+        ns = re.search(r"link-netns (\S+)", line)
+        out.append(Link(int(m[1]), m[2], bytes.fromhex(mac[1].replace(":", "")) if mac else b"\0" * 6,
+                        int(m[3]) if m[3] else None, ns[1] if ns else None))
+    return out
+
+
+def _peer_side(netns: Netns, iface: str) -> tuple[Netns, Link, Link]:
+    """(namespace of the other end, that end, our end) of the veth `iface`."""
+    from meshnet.netns import Netns as NetnsCls
+
+    ours = next((lk for lk in _links(netns) if lk.name == iface), None)
+    if ours is None:
+        raise UsageError(f"no interface {iface!r} in {netns.label}")
+    if ours.peer_ifindex is None:
+        raise CannotTrace(f"cannot send a packet that arrives on {iface}: it is not a veth (no peer to send from)")
+    candidates = [ours.peer_netns] if ours.peer_netns else []
+    candidates += ["/proc/1/ns/net"] + sorted(os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+    for cand in candidates:
+        try:
+            ns = NetnsCls.resolve(netns=cand)
+        except MeshnetError:
+            continue
+        if ns.inode == netns.inode:
+            continue
+        for lk in _links(ns):
+            if lk.ifindex == ours.peer_ifindex and lk.peer_ifindex == ours.ifindex:
+                return ns, lk, ours
+    raise CannotTrace(f"cannot find the other end of {iface} (ifindex {ours.peer_ifindex}) to send from")
+
+
+def send_in(netns: Netns, p: Packet) -> str:
+    iface = p.iif or "eth0"
+    if iface == "lo":
+        sender, link = netns, Link(1, "lo", b"\0" * 6, None, None)
+        dst_mac = b"\0" * 6
+    else:
+        sender, link, ours = _peer_side(netns, iface)
+        dst_mac = ours.mac
+    s = sender.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with s:
+        s.bind((link.name, 0))
+        s.send(frame(p, dst_mac, link.mac))
+    return f"sent one frame from {link.name} in {sender.label}"
+
+
+# ----------------------------------------------------------------- reading the trace
+def handle_positions(netns: Netns) -> dict[tuple[str, str, str, int], int]:
+    """(family, table, chain, handle) -> 1-based rule position, from `nft -j list ruleset`."""
+    data = json.loads(_nft(netns, "-j", "list", "ruleset") or "{}")
+    count: dict[tuple[str, str, str], int] = {}
+    out: dict[tuple[str, str, str, int], int] = {}
+    for item in data.get("nftables", []):
+        r = item.get("rule")
+        if not r:
+            continue
+        k = (r["family"], r["table"], r["chain"])
+        count[k] = count.get(k, 0) + 1
+        out[(*k, int(r["handle"]))] = count[k]
+    return out
+
+
+def parse_events(lines: list[str], hook: str) -> tuple[list[tuple[str, str, str, int | None, str]], list[str]]:
+    """The first traced packet's rule events at `hook`: (family, table, chain, handle, line)."""
+    first_id = None
+    events: list[tuple[str, str, str, int | None, str]] = []
+    raw: list[str] = []
+    in_hook = False
+    for line in lines:
+        m = _EVENT.match(line.strip())
+        if not m or m["table"].startswith(TABLE_PREFIX):
+            continue
+        first_id = first_id or m["id"]
+        if m["id"] != first_id:
+            continue
+        if m["what"] == "packet:":
+            in_hook = m["chain"].lower() == hook
+            continue
+        if not in_hook:
+            continue
+        raw.append(line.strip().split(" ", 3)[3])
+        if m["what"] == "rule":
+            h = re.search(r"# handle (\d+)", m["rest"])
+            events.append((m["family"], m["table"], m["chain"], int(h[1]) if h else None, m["rest"].strip()))
+    return events, raw
+
+
+def predicted_hops(ex: Explanation) -> list[Hop]:
+    out = []
+    for path in ex.paths:
+        table = path.split(" ", 1)[0]
+        for part in path.split(" -> ")[1:]:
+            m = _HOP.match(part)
+            if m:
+                out.append(Hop(table, m["chain"], int(m["i"]), part[m.end():].rsplit(")", 1)[0]))
+    return out
+
+
+def observed_hops(events: list[tuple[str, str, str, int | None, str]], positions: dict[tuple[str, str, str, int], int],
+                  backend: str, live: LiveState, family: int, notes: list[str]) -> list[Hop]:
+    from meshnet.backends import NFTABLES
+
+    out = []
+    for fam, table, chain, handle, _text in events:
+        if backend == NFTABLES:
+            if fam != "inet" or not table.startswith("istio-proxy-"):
+                notes.append(f"the packet also matched a rule outside Istio's tables: {fam} {table} {chain}")
+                continue
+            model_table = table.removeprefix("istio-proxy-")
+        else:
+            if fam not in ("ip", "ip6") or table not in MODELED:
+                notes.append(f"the packet also matched a rule in {fam} {table} {chain} (not modelled by explain)")
+                continue
+            model_table = table
+        idx = positions.get((fam, table, chain, handle)) if handle is not None else None
+        if idx is None:
+            notes.append(f"rule handle {handle} in {fam} {table} {chain} is not in the ruleset any more")
+            continue
+        out.append(Hop(model_table, chain, idx, _model_text(live, backend, family, model_table, chain, idx)))
+    return out
+
+
+def _model_text(live: LiveState, backend: str, family: int, table: str, chain: str, idx: int) -> str:
+    from meshnet.backends import NFTABLES
+
+    if backend == NFTABLES:
+        rules = live.nft.rules(table, chain) if live.nft else []
+        return rules[idx - 1].body() if idx <= len(rules) else ""
+    rules = live.ruleset(backend, family).rules(table, chain)  # type: ignore[arg-type]
+    return str(rules[idx - 1]) if idx <= len(rules) else ""
+
+
+# ----------------------------------------------------------------- the whole run
+def trace_packet(netns: Netns, packet: Packet) -> tuple[list[Explanation], list[Trace], str]:
+    from meshnet.backends import LEGACY
+    from meshnet.explain import explain_live
+    from meshnet.live import read_live
+
+    if packet.state != "NEW":
+        raise UsageError("--trace sends a connection's first packet: state must be NEW")
+    live = read_live(netns)
+    backends = live.istio_backends()
+    if LEGACY in backends:
+        raise CannotTrace("iptables-legacy rules cannot be traced: they are not nf_tables rules, so nftrace "
+                          "does not see them (use `meshnet explain` without --trace)")
+    if not backends:
+        raise CannotTrace(f"no Istio rules in {netns.label} to trace")
+    notes: list[str] = []
+    if packet.direction == "out" and packet.uid is None and packet.gid is None:
+        from meshnet.records import replace
+
+        packet = replace(packet, uid=0, gid=0)
+        notes.append("no uid=/gid= given: the packet is sent as root (uid 0, gid 0)")
+    if packet.direction == "in" and packet.iif is None:
+        from meshnet.checks.capture_probes import pod_addresses
+
+        main = pod_addresses(netns).get(packet.family)
+        from meshnet.records import replace
+
+        packet = replace(packet, iif=main.iface if main else "eth0")
+    explanations = explain_live(netns, packet, live)
+    removed = remove_stale_tables(netns)
+    name = f"{TABLE_PREFIX}{os.getpid()}"
+    hook = "output" if packet.direction == "out" else "prerouting"
+    monitor: subprocess.Popen[str] | None = None
+    lines: list[str] = []
+    try:
+        _nft(netns, "-f", "-", input=table_text(name, packet))
+        monitor = netns.popen(["nft", "-a", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+        time.sleep(0.4)  # the monitor subscribes before the packet is sent
+        sent = send_out(netns, explanations[0].packet) if packet.direction == "out" else send_in(netns, packet)
+        time.sleep(0.6)
+    finally:
+        if monitor is not None:
+            monitor.terminate()
+            try:
+                out, _ = monitor.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                monitor.kill()
+                out, _ = monitor.communicate()
+            lines = out.splitlines()
+        _nft(netns, "delete", "table", "inet", name, check=False)
+    events, raw = parse_events(lines, hook)
+    positions = handle_positions(netns)
+    traces = []
+    for ex in explanations:
+        notes = [*notes, *(f"removed a stale trace table: {t}" for t in removed)]
+        if not raw:
+            notes.append(f"the kernel reported no trace for the packet ({sent})")
+        observed = observed_hops(events, positions, ex.backend, live, packet.family, notes)
+        traces.append(Trace(ex.backend, predicted_hops(ex), observed, raw, notes))
+    return explanations, traces, sent
