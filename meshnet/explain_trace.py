@@ -108,6 +108,14 @@ def remove_stale_tables(netns: Netns) -> list[str]:
     return removed
 
 
+def _die_with_parent() -> None:
+    """In the monitor's child: a SIGKILLed meshnet must not leave `nft monitor` running."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -388,7 +396,7 @@ def trace_packet(netns: Netns, packet: Packet) -> tuple[list[Explanation], list[
     try:
         _nft(netns, "-f", "-", input=table_text(name, packet))
         monitor = netns.popen(["nft", "-a", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
+                              text=True, preexec_fn=_die_with_parent)
         time.sleep(0.4)  # the monitor subscribes before the packet is sent
         sent = send_out(netns, explanations[0].packet) if packet.direction == "out" else send_in(netns, packet)
         time.sleep(0.6)
