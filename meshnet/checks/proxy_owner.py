@@ -35,8 +35,9 @@ def run(ctx: Context) -> list[Finding]:
             ex = _explain(ctx, backend, packet)
             if verdict_ok(probe, ex) is not False:
                 continue
-            evidence += [f"listener: {sock.text()}",
-                         f"rules exclude uid {','.join(map(str, sorted(intent.proxy_uids))) or 'none'}, "
+            if f"listener: {sock.text()}" not in evidence:
+                evidence.append(f"listener: {sock.text()}")
+            evidence += [f"rules exclude uid {','.join(map(str, sorted(intent.proxy_uids))) or 'none'}, "
                          f"gid {','.join(map(str, sorted(intent.proxy_gids))) or 'none'} ({backend} v{fam})",
                          f"probe: {packet.describe()}", *(f"  path: {p}" for p in ex.paths),
                          f"  verdict: {ex.verdict.text if ex.verdict else '-'} (intended: not intercepted)"]

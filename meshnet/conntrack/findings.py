@@ -163,9 +163,10 @@ def _hang_finding(snap: Snapshot, g: _Group, funnel_ev: list[dict[str, Any]]) ->
         if name in snap.counters:
             ev.append(_ev_counter(name, snap.counters[name], snap.counter_delta(name)))
     ev += funnel_ev
-    why = _hang_reason(snap, g.first.rsport)
     stuck = [e for e in g.rewritten if e.state == "SYN_SENT" and e.unreplied]
     sibling = [e for e in g.entries if e.state == "ESTABLISHED" and e not in stuck]
+    why = _hang_reason(snap, g.first.rsport) if sibling else (
+        f"kernel {snap.kernel} is older than 6.7 (no e27c3295114b): a remapped SYN is not repaired there")
     where = ("next to an ESTABLISHED sibling, whose socket answers its SYNs with challenge ACKs" if sibling
              else "(its sibling is already gone from the table; the rewrite stays until the entry times out)")
     summary = (f"collision hang (503 UF): {g.text()}; the connection to :{stuck[0].dport} is stuck in "
