@@ -479,14 +479,21 @@ def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
                 cleaned.append(xt.backend)
     if NFTABLES in wanted:
         from meshnet.backends import nftables
+        from meshnet.nft_model import AMBIENT_PREFIX, TABLE_PREFIX
 
-        present = nftables.live(netns)
-        if not present.empty:
-            text = nftables.cleanup_text(present)
-            nftables.transaction(netns, text)
-            removed += [line for line in text.splitlines() if line.startswith("delete")]
-            cleaned.append(NFTABLES)
+        for prefix in (TABLE_PREFIX, AMBIENT_PREFIX):  # sidecar's and ambient mode's tables
+            present = nftables.live(netns, prefix)
+            if not present.empty:
+                text = nftables.cleanup_text(present, prefix)
+                nftables.transaction(netns, text)
+                removed += [line for line in text.splitlines() if line.startswith("delete")]
+                if NFTABLES not in cleaned:
+                    cleaned.append(NFTABLES)
     if backend == "all":
+        if routing._any_fwmark_rule(netns):  # ambient's masked rule first (pyroute2 only when some fwmark rule exists)
+            from meshnet.ambient.routing import remove_all as remove_ambient_routing
+
+            removed += remove_ambient_routing(netns)
         n = routing.remove_all_tproxy(netns)
         removed += [f"ip rule fwmark ... lookup (TPROXY) x{n}"] if n else []
         if routing.del_passthrough_v6(netns):

@@ -38,6 +38,14 @@ def build_rule(iptc: Any, family: int, matches: list[list[Any]], target: list[st
             module, param = _MODULE[kind]
             m = rule.create_match(module)
             setattr(m, param, _neg(value, negated))
+        elif kind == "module":  # a bare `-m tcp`: implied by a port match, if there is one
+            if not any(k in ("dport", "sport") for k, _, _ in matches):
+                rule.create_match(value)
+        elif kind == "socket_exists":
+            rule.create_match("owner").socket_exists = _neg("", negated)
+        elif kind == "set":
+            rule.create_match("set").match_set = [f"!{value.split()[0]}" if negated else value.split()[0],
+                                                  *value.split()[1:]]
         elif kind not in _SIMPLE:
             raise ValueError(f"unsupported match {kind!r}")
     name, *args = target

@@ -115,6 +115,11 @@ def _backend(requested: str, opts: RunOptions, netns: Netns) -> str:
 
 
 def run(argv: list[str]) -> int:
+    if "--ambient" in argv or "--ambient-host" in argv:
+        from meshnet.ambient.cli import apply_ambient_cli
+
+        sys.stdout.write(apply_ambient_cli(argv))
+        return 0
     ns = _parser().parse_args(argv)
     netns = resolve_target(ns)
     spec, opts = spec_and_options(ns, netns)

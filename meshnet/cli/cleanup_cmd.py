@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
+    if "--ambient" in argv or "--ambient-host" in argv:
+        from meshnet.ambient.cli import cleanup_ambient_cli
+
+        sys.stdout.write(cleanup_ambient_cli(argv))
+        return 0
     from meshnet.applier import cleanup
     from meshnet.cli.apply_cmd import refuse_own_namespace, resolve_target
 

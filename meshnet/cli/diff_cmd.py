@@ -95,6 +95,12 @@ def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
 
 
 def run_diff(argv: list[str]) -> int:
+    if "--ambient" in argv or "--ambient-host" in argv:
+        from meshnet.ambient.cli import status_ambient_cli
+
+        text, code = status_ambient_cli(argv)
+        sys.stdout.write(text)
+        return code
     from meshnet.applier import detect_backend
     from meshnet.checks.drift import diff_live
     from meshnet.live import read_live
