@@ -15,7 +15,7 @@ from __future__ import annotations
 from meshnet.ambient import routing as amb_routing
 from meshnet.ambient.spec import PROBE_IPSET, AmbientSpec
 from meshnet.applier import ApplyResult, CleanupResult, _guardrail_text, _rollback_xtables, _safely, detect_backend
-from meshnet.backends import BACKENDS, IPTC, LEGACY, NFTABLES, routing
+from meshnet.backends import BACKENDS, IPTC, LEGACY, NFTABLES, nslock, routing
 from meshnet.backends.xtables import Xtables, strip_counters
 from meshnet.errors import ApplyError, SpecError, UsageError
 from meshnet.model import IptablesPlan
@@ -65,6 +65,12 @@ def kubelet_uid(proc: str = "/proc") -> str:
 # ------------------------------------------------------------------------------------ apply
 def apply_ambient(netns: Netns, spec: AmbientSpec, *, backend: str = "auto", reconcile: bool = False,
                   host: bool = False) -> ApplyResult:
+    """Under the namespace's writer lock, like sidecar applies (one writer per namespace)."""
+    with nslock.locked(netns):
+        return _apply_locked(netns, spec, backend, reconcile, host)
+
+
+def _apply_locked(netns: Netns, spec: AmbientSpec, backend: str, reconcile: bool, host: bool) -> ApplyResult:
     name = detect_backend(netns) if backend == "auto" else backend
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: expected auto, {', '.join(BACKENDS)}")
@@ -249,6 +255,11 @@ def _apply_nft(netns: Netns, spec: AmbientSpec, reconcile: bool, host: bool) -> 
 def cleanup_ambient(netns: Netns, *, host: bool = False) -> CleanupResult:
     """Everything ambient mode adds, on every backend: ISTIO_* chains and jumps, the ambient nft tables,
     and in a pod the policy routing, on a node the probe ipsets. Nothing else is touched."""
+    with nslock.locked(netns):
+        return _cleanup_locked(netns, host)
+
+
+def _cleanup_locked(netns: Netns, host: bool) -> CleanupResult:
     from meshnet.backends import nftables
     from meshnet.backends.xt_cleanup import plan_removal
     from meshnet.backends.xtables import legacy_tables
