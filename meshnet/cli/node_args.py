@@ -17,7 +17,8 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--cri", default=None, metavar="ENDPOINT",
                       help="CRI socket for pod names, e.g. unix:///run/containerd/containerd.sock")
     node.add_argument("--netns-dir", action="append", default=[], metavar="DIR",
-                      help="another directory of namespace files to scan (repeatable)")
+                      help="scan this directory of namespace files instead of the runtimes' defaults "
+                           "(/run/netns, /var/run/netns, docker's; repeatable)")
     node.add_argument("--no-proc", action="store_true", help="do not scan /proc/*/ns/net")
     node.add_argument("--include-host", action="store_true", help="also the caller's own (host) namespace")
     node.add_argument("--jobs", type=int, default=4, help="namespaces inspected in parallel (default 4)")
@@ -30,7 +31,7 @@ def node_targets(ns: argparse.Namespace) -> list[Target]:
 
     if ns.jobs < 1 or ns.pod_timeout <= 0:
         raise UsageError("--jobs must be >= 1 and --pod-timeout > 0")
-    targets = discover((*NETNS_DIRS, *ns.netns_dir), include_host=ns.include_host, proc=not ns.no_proc)
+    targets = discover(ns.netns_dir or NETNS_DIRS, include_host=ns.include_host, proc=not ns.no_proc)
     if ns.cri:
         from meshnet.cri import list_sandboxes
 
