@@ -6,7 +6,7 @@ from meshnet import jsonlite as json  # the C accelerator only: `import json` co
 from meshnet import validate as v
 from meshnet.errors import SpecError
 from meshnet.records import dataclass
-from meshnet.spec import Spec
+from meshnet.spec import Spec, mode_for
 
 TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
 if TYPE_CHECKING:
@@ -22,12 +22,15 @@ A_EXCLUDE_OUT_PORTS = "traffic.sidecar.istio.io/excludeOutboundPorts"
 A_EXCLUDE_IFACES = "traffic.sidecar.istio.io/excludeInterfaces"
 A_KUBEVIRT = "traffic.sidecar.istio.io/kubevirtInterfaces"
 A_REROUTE_VIRT = "istio.io/reroute-virtual-interfaces"
+# meshnet's own: auto|off|early-demux|tproxy (meshnet/collision_prevention.py)
+A_PREVENT_COLLISION = "meshnet.io/prevent-tuple-collision"
 A_PROXY_CONFIG = "proxy.istio.io/config"
 A_INJECT = "sidecar.istio.io/inject"
 A_STATUS = "sidecar.istio.io/status"
 KNOWN_ANNOTATIONS = frozenset({
     A_MODE, A_INCLUDE_CIDRS, A_EXCLUDE_CIDRS, A_INCLUDE_IN_PORTS, A_EXCLUDE_IN_PORTS, A_INCLUDE_OUT_PORTS,
     A_EXCLUDE_OUT_PORTS, A_EXCLUDE_IFACES, A_KUBEVIRT, A_REROUTE_VIRT, A_PROXY_CONFIG, A_INJECT, A_STATUS,
+    A_PREVENT_COLLISION,
 })
 
 # istio-cni defaults (redirect.go).
@@ -120,6 +123,8 @@ def spec_from_annotations(annotations: Mapping[str, str], *, defaults: CniDefaul
     uid = proxy_uid if proxy_uid else defaults.proxy_uid
     gid = proxy_gid if proxy_gid else defaults.proxy_gid
     dns = _env_bool(env, "ISTIO_META_DNS_CAPTURE")
+    prevention = v.parse_prevention(field(A_PREVENT_COLLISION), _get(annotations, A_PREVENT_COLLISION, "auto"))
+    mode = mode_for(mode, prevention)
     return Spec(
         proxy_port=defaults.proxy_port,
         inbound_capture_port=defaults.inbound_capture_port,
@@ -144,6 +149,7 @@ def spec_from_annotations(annotations: Mapping[str, str], *, defaults: CniDefaul
         drop_invalid=_env_bool(env, "INVALID_DROP"),
         dual_stack=_env_bool(env, "ISTIO_DUAL_STACK"),
         enable_ipv6=enable_ipv6,
+        prevent_tuple_collision=prevention,
     )
 
 

@@ -19,7 +19,7 @@ from meshnet.backends import BACKENDS, IPTC, LEGACY, NFT, NFTABLES, nslock, rout
 from meshnet.backends.xtables import TIMEOUT_SECONDS, Xtables, legacy_tables, strip_counters
 from meshnet.errors import ApplyError, UsageError
 from meshnet.model import BUILTIN_CHAINS, Family, IptablesPlan
-from meshnet.netns import Netns, NetnsError
+from meshnet.netns import Netns, NetnsError, which
 from meshnet.records import dataclass, field
 from meshnet.spec import Spec
 
@@ -477,7 +477,8 @@ def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
             removed += [f"{tool} -t {t} {line}" for t in removal.tables() for line in removal.lines(t)]
             if xt.backend not in cleaned:
                 cleaned.append(xt.backend)
-    if NFTABLES in wanted:
+    # Without the nft tool no native nftables rules can have been written here (a node image may lack it).
+    if NFTABLES in wanted and which("nft") is not None:
         from meshnet.backends import nftables
         from meshnet.nft_model import AMBIENT_PREFIX, TABLE_PREFIX
 

@@ -13,7 +13,7 @@ import sys
 from meshnet import validate as v
 from meshnet.errors import SpecError, UsageError
 from meshnet.records import dataclass
-from meshnet.spec import Spec
+from meshnet.spec import Spec, mode_for
 
 TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ FLAGS: tuple[FlagDef, ...] = (
     FlagDef("force-apply", None, ("FORCE_APPLY",), "false", True),
     FlagDef("native-nftables", None, ("NATIVE_NFTABLES",), "false", True),
     FlagDef("force-iptables-binary", None, ("FORCE_IPTABLES_BINARY",), ""),
+    # meshnet's own (not Istio's): see meshnet/collision_prevention.py
+    FlagDef("prevent-tuple-collision", None, ("PREVENT_TUPLE_COLLISION",), "auto"),
 )
 ENV_ONLY = {
     "ISTIO_OUTBOUND_OWNER_GROUPS": "*",
@@ -248,6 +250,8 @@ def spec_from_values(values: Mapping[str, str], env: Mapping[str, str], *, enabl
     redirect_dns = v.parse_bool("--redirect-dns", values["redirect-dns"])
     capture_all = v.parse_bool("--capture-all-dns", values["capture-all-dns"])
     servers_v4, servers_v6 = dns_servers if (redirect_dns and not capture_all) else ((), ())
+    prevention = v.parse_prevention("--prevent-tuple-collision", values["prevent-tuple-collision"])
+    mode = mode_for(mode, prevention)
     return Spec(
         proxy_port=v.parse_port("--envoy-port", values["envoy-port"]),
         inbound_capture_port=v.parse_port("--inbound-capture-port", values["inbound-capture-port"]),
@@ -281,6 +285,7 @@ def spec_from_values(values: Mapping[str, str], env: Mapping[str, str], *, enabl
                                             env.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "")),
         ipv4_loopback_cidr=v.parse_loopback_cidr(
             "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", env.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "") or "127.0.0.1/32"),
+        prevent_tuple_collision=prevention,
     )
 
 

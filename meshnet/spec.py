@@ -52,6 +52,9 @@ class Spec:
     owner_groups_include: tuple[str, ...] | None = None
     owner_groups_exclude: tuple[str, ...] = ()
     ipv4_loopback_cidr: str = "127.0.0.1/32"
+    # meshnet's own: how to prevent the five-tuple collision hang (meshnet/collision_prevention.py).
+    # Not part of Istio's rules: "auto" changes a sysctl on kernels < 6.7 only, never the rules.
+    prevent_tuple_collision: str = "auto"
 
     def __post_init__(self) -> None:
         check_spec(self)
@@ -152,6 +155,14 @@ def check_spec(spec: Spec) -> None:
     if spec.dns_servers_v4 or spec.dns_servers_v6:
         _check_dns_servers(spec)
     v.parse_loopback_cidr("ipv4_loopback_cidr", spec.ipv4_loopback_cidr)
+    v.parse_prevention("prevent_tuple_collision", spec.prevent_tuple_collision)
+    if spec.prevent_tuple_collision == "tproxy" and spec.mode != "TPROXY":
+        raise SpecError("prevent_tuple_collision", "tproxy", "needs inbound interception mode TPROXY")
+
+
+def mode_for(mode: str, prevention: str) -> str:
+    """Readers: `--prevent-tuple-collision=tproxy` switches inbound interception to TPROXY."""
+    return "TPROXY" if prevention == "tproxy" else mode
 
 
 def _check_dns_servers(spec: Spec) -> None:

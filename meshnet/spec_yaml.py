@@ -11,7 +11,7 @@ from typing import Any
 
 from meshnet import validate as v
 from meshnet.errors import SpecError
-from meshnet.spec import SPEC_FIELDS, Spec
+from meshnet.spec import SPEC_FIELDS, Spec, mode_for
 
 _PORT_FIELDS = ("inbound_exclude_ports", "outbound_include_ports", "outbound_exclude_ports")
 _IFACE_FIELDS = ("exclude_interfaces", "kube_virt_interfaces")
@@ -70,8 +70,12 @@ def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
             kw[key] = text
         elif key == "ipv4_loopback_cidr":
             kw[key] = v.parse_loopback_cidr(key, text)
+        elif key == "prevent_tuple_collision":
+            kw[key] = v.parse_prevention(key, text)
         else:  # pragma: no cover - every Spec field is handled above
             raise SpecError(key, value, "not supported in YAML")
+    if kw.get("prevent_tuple_collision") == "tproxy":
+        kw["mode"] = mode_for(kw.get("mode", "REDIRECT"), "tproxy")
     if "proxy_uids" in kw and "proxy_gids" not in kw:
         kw["proxy_gids"] = kw["proxy_uids"]  # Istio: gid defaults to the uid
     return Spec(**kw)

@@ -159,3 +159,14 @@ def parse_ip(field: str, value: str) -> str:
     except ValueError:
         raise SpecError(field, value, "not a valid IP address") from None
     return text
+
+
+PREVENTION_CHOICES = ("auto", "off", "early-demux", "tproxy")
+
+
+def parse_prevention(field: str, value: str) -> str:
+    """--prevent-tuple-collision: auto|off|early-demux|tproxy."""
+    text = value.strip() if isinstance(value, str) else value
+    if text not in PREVENTION_CHOICES:
+        raise SpecError(field, value, "expected one of " + ", ".join(PREVENTION_CHOICES))
+    return text

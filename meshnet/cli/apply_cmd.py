@@ -132,6 +132,9 @@ def run(argv: list[str]) -> int:
 
     result = apply_spec(netns, spec, backend=backend, reconcile=opts.reconcile, force=opts.force_apply)
     sys.stdout.write(f"{result.message}\n")
+    from meshnet.collision_prevention import enforce_and_report
+
+    enforce_and_report(netns, spec, sys.stdout.write)
     return 0
 
 

@@ -42,6 +42,12 @@ def run(argv: list[str]) -> int:
         for line in result.removed:
             sys.stdout.write(f"  {line}\n")
     sys.stdout.write(f"{result.message}\n")
+    if ns.backend == "all":
+        from meshnet.collision_prevention import restore_quietly
+
+        restored = restore_quietly(netns)
+        if restored.message or restored.warning:
+            sys.stdout.write(f"{restored.message or restored.warning}\n")
     return 0
 
 

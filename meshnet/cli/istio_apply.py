@@ -32,6 +32,11 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
         from meshnet.applier import cleanup
 
         sys.stdout.write(cleanup(target).message + "\n")
+        from meshnet.collision_prevention import restore_quietly
+
+        restored = restore_quietly(target)
+        if restored.message:
+            sys.stdout.write(restored.message + "\n")
         return 0
     if not opts.skip_rule_apply:
         from meshnet.applier import apply_spec
@@ -39,6 +44,10 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
         result = apply_spec(target, spec, backend=backend or choose_backend(opts, target), reconcile=opts.reconcile,
                             force=opts.force_apply)
         sys.stdout.write(result.message + "\n")
+        from meshnet.collision_prevention import enforce_and_report
+
+        # istio-init can write /proc/sys/net only where the runtime mounts it writable; else a warning.
+        enforce_and_report(target, spec, sys.stderr.write)
     if opts.run_validation:
         from meshnet.addresses import ipv6_enabled
         from meshnet.validation import validate

@@ -104,8 +104,13 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     except MeshnetError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None
+    from meshnet.collision_prevention import enforce
+
+    prevention = enforce(netns, spec)  # on the node the plugin can always write the pod's sysctl
+    if prevention.warning:
+        log.warn("five-tuple collision prevention not in place", error=prevention.warning)
     log.info("interception programmed", mode=spec.mode, ipv6=spec.enable_ipv6, backend=result.backend,
-             changed=result.changed)
+             changed=result.changed, early_demux_off=prevention.changed)
     return passthrough_result(doc, config.cni_version)
 
 
@@ -127,7 +132,10 @@ def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         if not os.path.exists(env.netns):  # removed while we were cleaning: fine
             return None
         raise CniError(E_APPLY_FAILED, f"cannot remove interception from {env.netns}: {exc}") from None
-    log.info("interception removed")
+    from meshnet.collision_prevention import restore_quietly
+
+    restored = restore_quietly(netns)
+    log.info("interception removed", restored=restored.message or restored.warning)
     return None
 
 
