@@ -64,6 +64,7 @@ def _checks() -> list[Any]:
     from meshnet.checks import (
         backends_check,
         capture_probes,
+        collision_prevention,
         conntrack_check,
         dns_listener,
         dns_zones,
@@ -76,7 +77,7 @@ def _checks() -> list[Any]:
 
     # capture_probes before drift: without a spec, a failed probe's finding carries the structural holes.
     return [no_rules, backends_check, capture_probes, drift, tproxy_routing, dns_zones, listeners, dns_listener,
-            proxy_owner, conntrack_check]
+            proxy_owner, conntrack_check, collision_prevention]
 
 
 def _mode(live: Any) -> str | None:
