@@ -75,6 +75,7 @@ def dial(sport, port, t):
     return s, ok, time.monotonic() - t0
 for sport in sports:
     a, a_ok, _ = dial(sport, first, 5)
+    time.sleep(0.2)  # A is a settled ESTABLISHED connection on both sides before B starts
     b, b_ok, b_s = dial(sport, second, timeout)
     print(json.dumps({"sport": sport, "a": a_ok, "b": b_ok, "b_s": round(b_s, 2)}), flush=True)
     time.sleep(0.05)
@@ -145,12 +146,19 @@ def without_prevention() -> None:
         res = pod.istio_init("-m", "REDIRECT", "--prevent-tuple-collision", "off")
         check("off:istio-init-exit-0", res.returncode == 0, res.stderr.strip()[-200:])
         pod.listen("plain")
-        client = pod.dial_pairs([40000], timeout=10)
-        time.sleep(5)  # B is pending now on an old kernel, its SYN retransmitted (or long remapped on a fixed one)
-        kinds = analyze(pod)
-        [o] = outcomes(client)
+        # Up to 3 client ports: the exposure is proven by one hang (on a loaded 2-vCPU TCG guest the
+        # kernel very rarely processes B's SYN before A's socket exists, and then nothing clashes).
+        attempts = 0
+        for sport in (40000, 40001, 40002):
+            attempts += 1
+            client = pod.dial_pairs([sport], timeout=10)
+            time.sleep(5)  # B is pending now on an old kernel, its SYN retransmitted (or remapped on a fixed one)
+            kinds = analyze(pod)
+            [o] = outcomes(client)
+            if not OLD or not o["b"]:
+                break
         if OLD:
-            check("off:second-connect-hangs", not o["b"], f"b={o}")
+            check("off:second-connect-hangs", not o["b"], f"b={o} attempts={attempts}")
             check("off:analyze-reports-collision-hang", "collision-hang" in kinds, f"findings={kinds}")
         else:
             check("off:second-connect-remapped", bool(o["b"]) and float(o["b_s"]) < 2, f"b={o}")  # type: ignore[arg-type]
@@ -177,7 +185,8 @@ def with_auto() -> None:
         lo = sh("ip", "-n", pod.srv, "-o", "link", "show", "dev", "lo").stdout.strip()
         res = pod.istio_init("--cleanup-only")
         check("auto:cleanup-restores-early-demux", res.returncode == 0 and pod.early_demux() == 1,
-              f"pod tcp_early_demux={pod.early_demux()} {res.stdout.strip()[-120:]} {res.stderr.strip()[-200:]} lo={lo}")
+              f"pod tcp_early_demux={pod.early_demux()} {res.stdout.strip()[-120:]} "
+              f"{res.stderr.strip()[-200:]} lo={lo}")
 
 
 def with_tproxy() -> None:
