@@ -2,6 +2,7 @@
 # Run the five-tuple collision reproduction on Debian 12's 6.1 kernel in a throwaway qemu VM
 # (../shared/tools/oldkernel-vm), where the second connection hangs: the real "503 UF".
 # Usage: vagrant/run-oldkernel.sh [KABI]   e.g. KABI=6.12.117+deb12-amd64 for a fixed kernel.
+#        SCRIPT=collision-groups.sh vagrant/run-oldkernel.sh   the per-group analyzer scenario instead.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -17,5 +18,6 @@ payload=$tmp/meshnet-vm   # the guest sees it as /payload/meshnet-vm
 mkdir -p "$payload"
 
 # Only the stdlib parts are needed inside the VM: the repro script and meshnet's pure-python modules.
-cp -r "$root/meshnet" "$root/probes" "$root/vagrant/collision-repro.sh" "$payload/"
-KABI=${1:-${KABI:-6.1.0-56-amd64}} "$vmtool" "$payload" "bash /payload/meshnet-vm/collision-repro.sh"
+script=${SCRIPT:-collision-repro.sh}
+cp -r "$root/meshnet" "$root/probes" "$root/vagrant/$script" "$payload/"
+KABI=${1:-${KABI:-6.1.0-56-amd64}} "$vmtool" "$payload" "bash /payload/meshnet-vm/$script"
