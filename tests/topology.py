@@ -181,6 +181,7 @@ def start_server(
     transparent: bool = False,
     caps: Sequence[str] | None = None,
     timeout: float = 5.0,
+    mark: int = 0,
 ) -> ServerHandle:
     """Start the landing server inside ``ns`` as uid/gid and wait for READY.
 
@@ -199,6 +200,8 @@ def start_server(
         args += ["--udp", ",".join(map(str, udp_ports))]
     if transparent:
         args.append("--transparent")
+    if mark:
+        args += ["--mark", str(mark)]
     argv = [*_drop_privs(uid, gid, caps), PYTHON, "-I", "-S", "-c", _source("landing_server.py"), *args]
     proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     handle = ServerHandle(proc, ns, name, tuple(tcp_ports), tuple(udp_ports), uid)
@@ -248,6 +251,7 @@ def connect(
     src_port: int | None = None,
     timeout: float = 3.0,
     message: str = "hello",
+    mark: int = 0,
 ) -> dict[str, Any]:
     """One connection (TCP) or datagram (UDP) from ``ns`` as uid/gid; see module doc for the result."""
     if proto not in ("tcp", "udp"):
@@ -258,6 +262,8 @@ def connect(
         args += ["--src", src_ip]
     if src_port:
         args += ["--sport", str(src_port)]
+    if mark:
+        args += ["--mark", str(mark)]
     argv = [*_drop_privs(uid, gid), PYTHON, "-I", "-S", "-c", _source("client.py"), *args]
     cp = subprocess.run(
         ns.argv(argv), capture_output=True, text=True, timeout=timeout + 10, cwd="/", stdin=subprocess.DEVNULL

@@ -7,7 +7,7 @@ timeout | refused | unreachable | reset | no_reply | bad_reply | oserror.
 Always exits 0 unless the arguments are wrong, so the caller can tell test failures
 (error dict) from harness failures (non-zero exit).
 
-    client.py --dst 10.1.2.1 --port 80 [--proto tcp|udp] [--src IP] [--sport N] [--timeout 3]
+    client.py --dst 10.1.2.1 --port 80 [--proto tcp|udp] [--src IP] [--sport N] [--timeout 3] [--mark N]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> dict:
     typ = socket.SOCK_DGRAM if args.proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, typ) as s:
         s.settimeout(args.timeout)
+        if args.mark:
+            s.setsockopt(socket.SOL_SOCKET, 36, args.mark)  # SO_MARK: e.g. ztunnel's own 0x539
         if args.src or args.sport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((args.src or "", args.sport or 0))
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--sport", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--message", default="hello")
+    ap.add_argument("--mark", type=lambda v: int(v, 0), default=0)
     args = ap.parse_args()
     try:
         out = run(args)

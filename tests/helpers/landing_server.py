@@ -17,7 +17,9 @@ write into a RST), then replies and closes. Prints READY once every socket liste
 killed.
 
     landing_server.py --name proxy --tcp 15001,15006 --udp 15053 [--bind4 0.0.0.0] [--bind6 ::]
-                      [--transparent]
+                      [--transparent] [--mark N]
+
+``--mark N`` sets SO_MARK on every socket (a fake ztunnel marks its sockets 0x539).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import threading
 
 SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST
+SO_MARK = 36
 SOL_IP = 0
 SOL_IPV6 = 41
 IP_TRANSPARENT = 19
@@ -76,6 +79,7 @@ class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         self.name = args.name
         self.transparent = args.transparent
+        self.mark = args.mark
         self.sel = selectors.DefaultSelector()
         families = []
         if args.bind4:
@@ -92,6 +96,8 @@ class Server:
     def listen(self, fam: int, typ: int, host: str, port: int) -> None:
         s = socket.socket(fam, typ)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.mark:
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)  # accepted sockets inherit it
         if fam == socket.AF_INET6:
             s.setsockopt(SOL_IPV6, socket.IPV6_V6ONLY, 1)  # v4 has its own socket
         if self.transparent:
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bind4", default="0.0.0.0", help="IPv4 bind address ('' = no IPv4)")
     ap.add_argument("--bind6", default="::", help="IPv6 bind address ('' = no IPv6)")
     ap.add_argument("--transparent", action="store_true", help="IP_TRANSPARENT listeners (TPROXY)")
+    ap.add_argument("--mark", type=lambda v: int(v, 0), default=0, help="SO_MARK of every socket")
     args = ap.parse_args(argv)
     try:
         server = Server(args)
