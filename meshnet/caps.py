@@ -15,7 +15,9 @@ calls this after something failed, to say why.
 
 from __future__ import annotations
 
-from meshnet.errors import MeshnetError
+from meshnet.errors import CapabilityError
+
+__all__ = ["CapabilityError", "effective", "explain", "message", "missing", "require"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,18 +27,6 @@ NET_ADMIN, NET_RAW, SYS_ADMIN = "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"
 SETUID, SETGID, SYS_PTRACE = "CAP_SETUID", "CAP_SETGID", "CAP_SYS_PTRACE"
 BITS = {SETGID: 6, SETUID: 7, NET_ADMIN: 12, NET_RAW: 13, SYS_PTRACE: 19, SYS_ADMIN: 21}
 STATUS_PATH = "/proc/self/status"
-
-
-class CapabilityError(MeshnetError):
-    """Something needs a capability this process does not have. Exit 2 unless the caller says otherwise
-    (istio-iptables exits 1 on every failure, like Istio)."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
 
 
 def effective(status_path: str = STATUS_PATH) -> int:
@@ -66,11 +56,11 @@ def message(doing: str, needs: list[str], lacking: list[str]) -> str:
     return f"{doing} needs {_join(needs)}; this process lacks {_join(lacking)}"
 
 
-def require(doing: str, needs: list[str], exit_code: int | None = None, mask: int | None = None) -> None:
+def require(doing: str, needs: list[str], mask: int | None = None) -> None:
     """Raise CapabilityError naming what is missing, or return."""
     lacking = missing(needs, mask)
     if lacking:
-        raise CapabilityError(message(doing, needs, lacking), exit_code)
+        raise CapabilityError(message(doing, needs, lacking))
 
 
 def explain(doing: str, needs: list[str]) -> str | None:

@@ -33,3 +33,11 @@ class ValidationFailed(MeshnetError):
     """istio-validation: traffic was not redirected in time (Istio's exit status 126)."""
 
     exit_code = 126
+
+
+class CapabilityError(MeshnetError):
+    """The process lacks a Linux capability the operation needs; the message names it (meshnet.caps).
+
+    Exit 2 ("could not inspect" for the diagnostics); istio-iptables turns it into its usual 1."""
+
+    exit_code = 2

@@ -2,13 +2,21 @@
 
 As Istio's `pkg/validation`: listeners on 127.0.0.1:15001 and :15006 (SO_REUSEADDR+SO_REUSEPORT),
 a client running as the proxy uid dials 127.0.0.6:<probe port> from 127.0.0.1, and the accepted
-connection's SO_ORIGINAL_DST must be that probe port. The listeners are created inside the
-namespace from a short-lived setns thread (Netns.socket); the client is a separate process
-(nsenter + setpriv) because the owner match needs a socket that really belongs to uid 1337.
+connection's SO_ORIGINAL_DST must be that probe port. The owner match needs a client socket that
+really belongs to the proxy uid, so:
+
+* running as that uid already (the istio-validation container: uid 1337, no capabilities), the
+  client is an in-process non-blocking connect in the same loop as the listeners, like Istio's;
+* otherwise a `setpriv` child switches uid (needs CAP_SETUID + CAP_SETGID; one line says so if
+  they are missing, before anything is applied).
+
+In the namespace meshnet runs in, sockets are opened directly; for another one (`meshnet validate
+--netns`) they come from a setns thread (Netns.socket) and the child runs under nsenter.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import socket
@@ -66,43 +74,134 @@ def _original_port(conn: socket.socket, family: int) -> int:
 
 
 def _listeners(netns: Netns, family: int, host: str) -> list[socket.socket]:
+    """Listeners on the proxy ports; like Istio, one that cannot bind is skipped, none is an error."""
     out: list[socket.socket] = []
-    try:
-        for port in LISTEN_PORTS:
-            s = netns.socket(family, socket.SOCK_STREAM)
-            out.append(s)
+    errors: list[str] = []
+    for port in LISTEN_PORTS:
+        s = netns.socket(family, socket.SOCK_STREAM)
+        try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((host, port))
             s.listen(16)
             s.setblocking(False)
-    except OSError as exc:
-        for s in out:
+        except OSError as exc:
             s.close()
-        raise ApplyError(f"[{netns.label}] validation cannot listen on {host}:{port}: {exc.strerror}") from None
+            errors.append(f"{host}:{port}: {exc.strerror}")
+            continue
+        out.append(s)
+    if not out:
+        raise ApplyError(f"[{netns.label}] validation cannot listen on any proxy port ({'; '.join(errors)})")
     return out
+
+
+def client_mode(uid: int, gid: int) -> str:
+    """How the probe client becomes the proxy uid, or CapabilityError naming what is missing.
+
+    "self": this process already is that uid (the istio-validation container: uid 1337, no caps), so
+    it dials in-process, like Istio. "setpriv": a child switches uid/gid (CAP_SETUID + CAP_SETGID),
+    e.g. `meshnet validate --netns` from a node. Anything else cannot be captured by the owner match.
+    """
+    if os.geteuid() == uid:
+        return "self"
+    from meshnet import caps
+
+    needs = [caps.SETUID, caps.SETGID]
+    lacking = caps.missing(needs)
+    if lacking:
+        raise caps.CapabilityError(
+            f"the validation client must run as the proxy uid {uid} (gid {gid}) for the rules to capture it; "
+            + caps.message(f"switching from uid {os.geteuid()}", needs, lacking)
+            + f" (run it as uid {uid}, as the istio-validation container does)")
+    return "setpriv"
+
+
+class _Dialer:
+    """The in-process client: a non-blocking connect from `src` to `dst:port`, retried until told to stop."""
+
+    RETRY_SECONDS = 0.2
+    CONNECTED_GRACE = 1.0  # connected, yet no listener of ours accepted: someone else has the port
+
+    def __init__(self, netns: Netns, family: int, src: str, dst: str, port: int) -> None:
+        self.netns, self.family, self.src, self.dst, self.port = netns, family, src, dst, port
+        self.sock: socket.socket | None = None
+        self.next_try = 0.0
+        self.connected = False
+        self.last = "no attempt"
+
+    def start(self, sel: selectors.BaseSelector) -> None:
+        if time.time() < self.next_try:
+            return
+        if self.sock is not None:
+            if not self.connected:
+                return
+            self.close()  # connected long enough without landing on a listener: dial again
+        s = self.netns.socket(self.family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.bind((self.src, 0))
+            err = s.connect_ex((self.dst, self.port))
+        except OSError as exc:
+            err = exc.errno or 0
+        if err not in (0, errno.EINPROGRESS):
+            self._failed(s, err)
+            return
+        self.sock = s
+        sel.register(s, selectors.EVENT_WRITE, "client")
+
+    def writable(self, sel: selectors.BaseSelector) -> None:
+        s = self.sock
+        if s is None:
+            return
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sel.unregister(s)
+            self.sock = None
+            self._failed(s, err)
+        else:
+            sel.unregister(s)  # connected: the listener side decides; keep the socket open until then
+            self.connected = True
+            self.next_try = time.time() + self.CONNECTED_GRACE
+            self.last = f"{self.dst}:{self.port} answered without being redirected to a proxy port"
+
+    def _failed(self, s: socket.socket, err: int) -> None:
+        s.close()
+        self.last = f"{os.strerror(err)} ({self.dst}:{self.port})"
+        self.next_try = time.time() + self.RETRY_SECONDS
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.connected = False
 
 
 def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv6: bool = False,
              uid: int = 1337, gid: int = 1337) -> str:
     """Return a success message, or raise ValidationFailed (exit 126) when nothing was redirected in time."""
+    mode = client_mode(uid, gid)
     family = socket.AF_INET6 if ipv6 else socket.AF_INET
     host, src, dst = ("::1", "::1", "::6") if ipv6 else ("127.0.0.1", "127.0.0.1", "127.0.0.6")
     listeners = _listeners(netns, family, host)
     deadline = time.time() + timeout
-    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-            _client_python(), "-I", "-S", "-c", _CLIENT, str(int(family)), src, dst, str(probe_port),
-            str(deadline - min(0.3, timeout / 4))]  # the client stops first, so it can say why
-    client = netns.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    dialer = _Dialer(netns, family, src, dst, probe_port) if mode == "self" else None
+    client = None if dialer is not None else _spawn_client(netns, family, src, dst, probe_port, deadline, timeout,
+                                                           uid, gid)
     seen: list[int] = []
     try:
         with selectors.DefaultSelector() as sel:
             for s in listeners:
-                sel.register(s, selectors.EVENT_READ)
+                sel.register(s, selectors.EVENT_READ, "listener")
             while time.time() < deadline:
-                for key, _ in sel.select(timeout=max(0.0, min(0.2, deadline - time.time()))):
+                if dialer is not None:
+                    dialer.start(sel)
+                for key, _ in sel.select(timeout=max(0.0, min(0.05, deadline - time.time()))):
+                    if key.data == "client":
+                        dialer.writable(sel)  # type: ignore[union-attr]
+                        continue
+                    listener: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
-                        conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                        conn, _ = listener.accept()
                     except BlockingIOError:
                         continue
                     with conn:
@@ -110,20 +209,40 @@ def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv
                             port = _original_port(conn, family)
                         except OSError:
                             port = 0  # not NATed: reached a listener directly
-                        conn.sendall(f"{port}\n".encode())
+                        try:
+                            conn.sendall(f"{port}\n".encode())
+                        except OSError:
+                            pass  # the client may be gone; the verdict is ours
                     seen.append(port)
                     if port == probe_port:
                         return f"validation passed in {netns.label}: {dst}:{probe_port} was redirected " \
-                               f"to {host}:{key.fileobj.getsockname()[1]}"  # type: ignore[union-attr]
-                if client.poll() is not None and client.returncode != 0:
+                               f"to {host}:{listener.getsockname()[1]}"
+                    if dialer is not None:
+                        dialer.close()  # landed with the wrong original port: try again
+                if client is not None and client.poll() is not None and client.returncode != 0:
                     break  # the client gave up (or could not start)
     finally:
         for s in listeners:
             s.close()
-        if client.poll() is None:
-            client.kill()
-        out, err = client.communicate(timeout=5)
+        if dialer is not None:
+            dialer.close()
+        why = _stop_client(client) if client is not None else dialer.last  # type: ignore[union-attr]
+    detail = f"redirected to the wrong port(s) {sorted(set(seen))}" if seen else why
+    raise ValidationFailed(f"{FAILURE_MESSAGE} ({netns.label}: {dst}:{probe_port} as uid {uid}: {detail})")
+
+
+def _spawn_client(netns: Netns, family: int, src: str, dst: str, port: int, deadline: float, timeout: float,
+                  uid: int, gid: int) -> subprocess.Popen[bytes]:
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            _client_python(), "-I", "-S", "-c", _CLIENT, str(int(family)), src, dst, str(port),
+            str(deadline - min(0.3, timeout / 4))]  # the client stops first, so it can say why
+    return netns.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+
+
+def _stop_client(client: subprocess.Popen[bytes]) -> str:
+    if client.poll() is None:
+        client.kill()
+    out, err = client.communicate(timeout=5)
     why = (out or b"").decode(errors="replace").strip().splitlines()[-1:] or \
         (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["validation timeout"]
-    detail = f"redirected to the wrong port(s) {seen}" if seen else why[0].removeprefix("ERROR ")
-    raise ValidationFailed(f"{FAILURE_MESSAGE} ({netns.label}: {dst}:{probe_port} as uid {uid}: {detail})")
+    return why[0].removeprefix("ERROR ")

@@ -28,6 +28,11 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
     from meshnet.netns import Netns
 
     target = netns if netns is not None else Netns.resolve()
+    if opts.run_validation:
+        from meshnet.validation import client_mode
+
+        uid, gid = _proxy_ids(spec)
+        client_mode(uid, gid)  # a client that can never be captured fails here, before any rule is written
     if opts.cleanup_only:
         from meshnet.applier import cleanup
 
@@ -54,7 +59,14 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
 
         # Istio validates over the host IP's family: IPv6 only when the pod has no usable IPv4.
         ipv6 = ipv6_enabled(target, dual_stack=False)
-        uid = int(spec.proxy_uids[0]) if spec.proxy_uids[0].isdigit() else 1337
+        uid, gid = _proxy_ids(spec)
         sys.stdout.write(validate(target, probe_port=opts.probe_port, timeout=opts.probe_timeout, ipv6=ipv6,
-                                  uid=uid) + "\n")
+                                  uid=uid, gid=gid) + "\n")
     return 0
+
+
+def _proxy_ids(spec: Spec) -> tuple[int, int]:
+    """The uid/gid the validation client runs as: the first numeric proxy uid/gid (Istio's 1337 default)."""
+    uid = int(spec.proxy_uids[0]) if spec.proxy_uids[0].isdigit() else 1337
+    gid = int(spec.proxy_gids[0]) if spec.proxy_gids[0].isdigit() else uid
+    return uid, gid

@@ -11,7 +11,18 @@ RESOLV_CONF_ENV = "MESHNET_RESOLV_CONF"  # default /etc/resolv.conf, as Istio
 
 
 def run(argv: list[str]) -> int:
-    return guarded(lambda: _run(argv), prog="istio-iptables")
+    return guarded(lambda: _run_exit_1(argv), prog="istio-iptables")
+
+
+def _run_exit_1(argv: list[str]) -> int:
+    """Istio's exit codes are 0, 1 and 126: a missing capability is one more failure (1)."""
+    from meshnet.errors import CapabilityError  # already loaded by meshnet.cli.errors
+
+    try:
+        return _run(argv)
+    except CapabilityError as exc:
+        exc.exit_code = 1
+        raise
 
 
 def _run(argv: list[str]) -> int:
