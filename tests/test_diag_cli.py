@@ -47,7 +47,7 @@ def test_diff_needs_a_spec_and_a_namespace() -> None:
     cp = meshnet("diff", "--netns", "x")
     assert cp.returncode == 2
     one_line_error(cp)
-    cp = meshnet("diff", "-p", "15001")
+    cp = meshnet("diff", "--netns", "x", "--pid", "1", "-p", "15001")  # without either: the current namespace
     assert cp.returncode == 2
     one_line_error(cp)
 

@@ -15,90 +15,34 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postures import (
+    INJECTOR_CAPEFF,
+    ISTIO_INIT,
+    MESHNET,
+    NO_CAPS,
+    PROXY_UID,
+    TPROXY,
+    dump,
+    in_pod,
+    istio_iptables,
+    ok,
+    one_line_error,
+)
 from topology import Topology, connect
 
 from meshnet.netns import Netns
 
 pytestmark = pytest.mark.netns
 
-ISTIO_INIT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-              "-d", "15090,15021,15020"]
-TPROXY = [*ISTIO_INIT[:6], "-m", "TPROXY", *ISTIO_INIT[8:]]
-# The injector's istio-init securityContext; CapEff 0x3000 = bits 12 (NET_ADMIN) and 13 (NET_RAW).
-INJECTOR = ["setpriv", "--bounding-set", "-all,+net_admin,+net_raw", "--inh-caps", "-all,+net_admin,+net_raw",
-            "--no-new-privs", "--"]
-INJECTOR_CAPEFF = "0000000000003000"
-NO_CAPS = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
-MESHNET = [sys.executable, "-m", "meshnet.cli.main"]
-PROXY_UID = 1337
-
-
-def in_pod(ns: Netns, argv: Sequence[str], posture: Sequence[str] = INJECTOR, env: dict[str, str] | None = None,
-           wrap: Sequence[str] = (), input: str = "") -> subprocess.CompletedProcess[str]:
-    """Run argv inside the pod the way a container runtime would: in its namespace, caps dropped."""
-    return subprocess.run(["ip", "netns", "exec", ns.label, *wrap, *posture, *argv], capture_output=True, text=True,
-                          timeout=120, input=input, cwd="/", env={**os.environ, **(env or {})})
-
-
-def istio_iptables(ns: Netns, *flags: str, posture: Sequence[str] = INJECTOR,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return in_pod(ns, [*MESHNET, "istio-iptables", *flags], posture, env)
-
 
 def as_root_from_outside(ns: Netns, *flags: str, env: dict[str, str] | None = None) -> None:
     cp = subprocess.run([*MESHNET, "istio-iptables", "--network-namespace", ns.label, *flags], capture_output=True,
                         text=True, timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     assert cp.returncode == 0, cp.stderr
-
-
-def ok(cp: subprocess.CompletedProcess[str]) -> str:
-    assert cp.returncode == 0 and "Traceback" not in cp.stderr, (cp.returncode, cp.stdout, cp.stderr)
-    return cp.stdout
-
-
-def one_line_error(cp: subprocess.CompletedProcess[str], code: int) -> str:
-    assert cp.returncode == code, (cp.returncode, cp.stdout, cp.stderr)
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in cp.stderr, cp.stderr
-    return lines[0]
-
-
-def _drop_empty_tables(save: str) -> str:
-    """iptables-save without comments, counters or tables that hold nothing (a legacy table the
-    kernel instantiated on first read stays, empty, for the namespace's life)."""
-    out: list[str] = []
-    block: list[str] = []
-    for line in save.splitlines():
-        if line.startswith("#"):
-            continue
-        line = line.split(" [", 1)[0] if line.startswith(":") else line
-        block.append(line)
-        if line == "COMMIT":
-            if any(b.startswith("-A") or (b.startswith(":") and " - " in b + " ") for b in block[1:]):
-                out.extend(block)
-            block = []
-    return "\n".join(out)
-
-
-def dump(ns: Netns) -> dict[str, str]:
-    """Everything istio-iptables may touch, read by full root from outside."""
-    def run(*argv: str) -> str:
-        return ns.run(list(argv)).stdout
-
-    out = {f"{tool}": _drop_empty_tables(run(tool)) for tool in
-           ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save")}
-    out["nft"] = run("nft", "list", "ruleset")
-    out["ip rule"] = run("ip", "-4", "rule") + run("ip", "-6", "rule")
-    # A table that was never used makes `ip route show table` fail ("Dump terminated"): that is "empty".
-    out["table 133"] = "".join(ns.run(["ip", f, "route", "show", "table", "133"], check=False).stdout
-                               for f in ("-4", "-6"))
-    out["lo"] = " ".join(sorted(line.split()[3] for line in run("ip", "-o", "addr", "show", "dev", "lo").splitlines()))
-    return out
 
 
 def without_nft(d: dict[str, str]) -> dict[str, str]:

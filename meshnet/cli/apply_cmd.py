@@ -29,8 +29,11 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
 
 
-def resolve_target(ns: argparse.Namespace, network_namespace: str = "") -> Netns:
-    """Exactly one explicit target: these commands never default to the caller's own namespace."""
+def resolve_target(ns: argparse.Namespace, network_namespace: str = "", inspect: bool = False) -> Netns:
+    """Exactly one explicit target: writing commands never default to the caller's own namespace.
+
+    inspect=True (status): neither given means the current namespace, capabilities checked up front.
+    """
     from meshnet.netns import Netns
 
     given = [v for v in (ns.netns, network_namespace or None) if v]
@@ -38,8 +41,13 @@ def resolve_target(ns: argparse.Namespace, network_namespace: str = "") -> Netns
         raise UsageError("give the namespace once (--netns or --network-namespace)")
     if given and ns.pid is not None:
         raise UsageError("give either --netns or --pid, not both")
+    if inspect:
+        from meshnet.cli.inspect_target import inspect_target
+
+        return inspect_target(given[0] if given else None, ns.pid)
     if not given and ns.pid is None:
-        raise UsageError("missing target: --netns NAME|PATH or --pid PID")
+        raise UsageError("missing target: --netns NAME|PATH or --pid PID (apply, cleanup and validate never "
+                         "default to the namespace meshnet runs in; inside a pod, use meshnet istio-iptables)")
     return Netns.resolve(netns=given[0] if given else None, pid=ns.pid)
 
 

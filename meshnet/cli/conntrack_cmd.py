@@ -22,15 +22,15 @@ def _fail(msg: str) -> None:
 
 
 def _resolve(netns: str | None, pid: int | None) -> Any:
-    from meshnet.netns import Netns, NetnsError
+    """--netns/--pid, or the namespace meshnet runs in (a debug container in the pod)."""
+    from meshnet.cli.inspect_target import inspect_target
+    from meshnet.errors import MeshnetError
 
     if netns is not None and pid is not None:
         raise CmdError("give --netns or --pid, not both")
-    if netns is None and pid is None:
-        raise CmdError("give --netns NAME|PATH or --pid PID")
     try:
-        return Netns.resolve(netns=netns, pid=pid)
-    except NetnsError as e:
+        return inspect_target(netns, pid)
+    except MeshnetError as e:  # NetnsError, CapabilityError: one line, exit 2
         raise CmdError(str(e)) from None
 
 
@@ -60,7 +60,8 @@ def conntrack_group() -> None:
 
 
 @conntrack_group.command("analyze")
-@click.option("--netns", help="Network namespace name or path (/run/netns/X, /proc/PID/ns/net).")
+@click.option("--netns", help="Network namespace name or path (/run/netns/X, /proc/PID/ns/net); "
+                             "default: the one meshnet runs in.")
 @click.option("--pid", type=int, help="Analyze the network namespace of this process.")
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False),
               help="Offline: a saved `conntrack -L [-o extended]` or /proc/net/nf_conntrack file.")
@@ -192,7 +193,7 @@ def _print_text(snap: Any, findings: list[Any]) -> None:
 
 
 @conntrack_group.command("watch")
-@click.option("--netns", help="Network namespace name or path.")
+@click.option("--netns", help="Network namespace name or path; default: the one meshnet runs in.")
 @click.option("--pid", type=int, help="Watch the network namespace of this process.")
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Stop after this many seconds.")
 @click.option("--hang-after", type=float, default=2.0, show_default=True,

@@ -30,7 +30,8 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
 
     parser = istio_flags.make_parser(prog)
     target = parser.add_argument_group("target namespace")
-    target.add_argument("--netns", default=None, metavar="NAME|PATH", help="pod network namespace")
+    target.add_argument("--netns", default=None, metavar="NAME|PATH",
+                        help="pod network namespace (default: the one meshnet runs in, e.g. kubectl debug)")
     target.add_argument("--pid", default=None, type=int, help="a process in the pod")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     spec = parser.add_argument_group("expected spec (besides the istio-iptables flags)")
@@ -49,11 +50,12 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 
 def resolve_netns(ns: argparse.Namespace) -> Netns:
-    from meshnet.netns import Netns
+    """--netns/--pid, or the namespace meshnet runs in (a debug container in the pod)."""
+    from meshnet.cli.inspect_target import inspect_target
 
-    if ns.netns is None and ns.pid is None:
-        raise UsageError("give the pod's namespace: --netns NAME|PATH or --pid PID")
-    return Netns.resolve(netns=ns.netns, pid=ns.pid)
+    if ns.netns is not None and ns.pid is not None:
+        raise UsageError("give either --netns or --pid, not both")
+    return inspect_target(ns.netns, ns.pid)
 
 
 def spec_given(ns: argparse.Namespace) -> bool:
@@ -132,6 +134,6 @@ def run_diff(argv: list[str]) -> int:
 def diff_cmd(ctx: click.Context) -> None:
     """Compare a pod's live rules with the expected spec: missing / extra / reordered rules per chain.
 
-    meshnet diff --netns NAME|--pid PID [ISTIO FLAGS | -f SPEC.yaml | --cni --annotation K=V] [--json]
+    meshnet diff [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml | --cni --annotation K=V] [--json]
     """
     ctx.exit(guarded(lambda: run_diff(list(ctx.args)), prog="meshnet diff"))

@@ -109,7 +109,7 @@ def _bundle(ns: argparse.Namespace) -> int:
 @click.pass_context
 def doctor_cmd(ctx: click.Context) -> None:
     """Diagnose a pod's interception: missing rules, wrong backend, drift, TPROXY routing, DNS zones,
-    proxy listeners, conntrack. meshnet doctor --netns NAME|--pid PID [ISTIO FLAGS | -f SPEC.yaml] [--json];
+    proxy listeners, conntrack. meshnet doctor [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml] [--json];
     every pod of the node: --all [--cri unix:///run/containerd/containerd.sock]; offline: --bundle FILE
     """
     ctx.exit(guarded(lambda: run_doctor(list(ctx.args)), prog="meshnet doctor"))

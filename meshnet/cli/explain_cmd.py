@@ -36,15 +36,15 @@ def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json
 
 
 def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
+    from meshnet.cli.inspect_target import inspect_target
     from meshnet.errors import UsageError
     from meshnet.explain import explain_live
     from meshnet.explain_packet import parse_packet
-    from meshnet.netns import Netns
 
     packet = parse_packet(packet_text)
-    if netns_name is None and pid is None:
-        raise UsageError("give the pod's namespace: --netns NAME|PATH or --pid PID")
-    netns = Netns.resolve(netns=netns_name, pid=pid)
+    if netns_name is not None and pid is not None:
+        raise UsageError("give either --netns or --pid, not both")
+    netns = inspect_target(netns_name, pid)  # neither: the namespace meshnet runs in
     results = explain_live(netns, packet)
     if as_json:
         sys.stdout.write(json.dumps({"netns": netns.label, "results": [r.to_dict() for r in results]}, indent=2)
@@ -58,7 +58,8 @@ def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_js
 
 @click.command("explain")
 @click.argument("packet")
-@click.option("--netns", "netns_name", default=None, metavar="NAME|PATH", help="pod network namespace")
+@click.option("--netns", "netns_name", default=None, metavar="NAME|PATH",
+              help="pod network namespace (default: the one meshnet runs in)")
 @click.option("--pid", default=None, type=int, help="a process in the pod")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--trace", is_flag=True,

@@ -26,7 +26,7 @@ def run(argv: list[str]) -> int:
     from meshnet.cli.apply_cmd import istio_flags_given, resolve_target, spec_and_options
 
     ns = _parser().parse_args(argv)
-    netns = resolve_target(ns)
+    netns = resolve_target(ns, inspect=True)
     spec = spec_and_options(ns, netns)[0] if (ns.spec_file or istio_flags_given(ns)) else None
     st = status(netns, spec)
     if ns.json:
@@ -46,8 +46,8 @@ def run(argv: list[str]) -> int:
 @click.command("status", context_settings=PASS_THROUGH, add_help_option=False)
 @click.pass_context
 def status_cmd(ctx: click.Context) -> None:
-    """Show the interception state of --netns NAME|PATH or --pid PID; with istio flags or -f SPEC, compare
-    it to that spec (exit 1 on drift). --json for machines."""
+    """Show the interception state of --netns NAME|PATH, --pid PID or (neither) the namespace meshnet
+    runs in; with istio flags or -f SPEC, compare it to that spec (exit 1 on drift). --json for machines."""
     if "--help" in ctx.args or "-h" in ctx.args:
         _parser().print_help()
         ctx.exit(0)
