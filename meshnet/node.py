@@ -107,7 +107,8 @@ def attach_cri(targets: list[Target], sandboxes: list[dict[str, Any]]) -> list[T
             ns = Netns.resolve(netns=path)
         except NetnsError:
             continue
-        t = Target(Netns(path=ns.path, label=path), key, meta)
+        label = path if path.startswith("/proc/") else os.path.basename(path)  # cni-<uuid>, as runtimes name them
+        t = Target(Netns(path=ns.path, label=label), key, meta)
         targets.append(t)
         by_key[key] = t
     return targets

@@ -70,6 +70,7 @@ def _print_rows(rows: list[Row], as_json: bool, source: str) -> int:
     from meshnet.node import table, worst_exit
 
     code = worst_exit(rows)
+    rows = sorted(rows, key=lambda r: (not r.target.pod.get("name"), r.target.name))
     if as_json:
         _print_report({"source": source, "exit": code, "pods": [r.to_dict() for r in rows]}, True)
     else:

@@ -142,7 +142,7 @@ def write_bundle(path: str, pods: list[dict[str, Any]], node: dict[str, Any]) ->
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for i, pod in enumerate(pods):
-                folder = f"pods/{i:03d}-{_safe(pod['label'])}"
+                folder = f"pods/{i:03d}-{_safe(os.path.basename(pod['label'].rstrip('/')) or pod['label'])}"
                 files = pod.pop("files")
                 _add(tar, f"{folder}/record.json", json.dumps(pod, indent=1))
                 for name, text in sorted(files.items()):
