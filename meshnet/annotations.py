@@ -63,15 +63,17 @@ def proxy_metadata(annotations: Mapping[str, str]) -> dict[str, str]:
     raw = annotations.get(A_PROXY_CONFIG)
     if not raw:
         return {}
+    if not isinstance(raw, str):
+        raise SpecError(f"annotation {A_PROXY_CONFIG}", raw, "must be a string")
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw)  # jsonlite: too deep a document is a ValueError too
     except ValueError:
-        try:
-            import yaml  # lazy: only pods that carry YAML proxy config pay for it
+        from meshnet.spec_yaml import load_yaml_text  # lazy: only YAML proxy config pays for PyYAML
 
-            doc = yaml.safe_load(raw)
-        except Exception:
-            raise SpecError(f"annotation {A_PROXY_CONFIG}", raw, "not valid JSON or YAML") from None
+        try:
+            doc = load_yaml_text(raw, f"annotation {A_PROXY_CONFIG}", raw)
+        except SpecError as exc:
+            raise SpecError(f"annotation {A_PROXY_CONFIG}", raw, f"neither JSON nor YAML: {exc.reason}") from None
     if not isinstance(doc, dict):
         raise SpecError(f"annotation {A_PROXY_CONFIG}", raw, "expected a mapping")
     meta = doc.get("proxyMetadata") or {}

@@ -218,8 +218,9 @@ def parse_duration(field: str, value: str) -> float:
     text = value.strip()
     units = {"ms": 0.001, "s": 1.0, "m": 60.0}
     for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(text[: -len(suffix)]) * units[suffix]
+        number = text[: -len(suffix)]
+        if text.endswith(suffix) and number.isascii() and number.replace(".", "", 1).isdigit():
+            return v.parse_seconds(field, float(number[:40]) * units[suffix] if len(number) <= 40 else "inf")
     raise SpecError(field, value, "expected a duration such as 5s or 500ms")
 
 
@@ -259,9 +260,9 @@ def spec_from_values(values: Mapping[str, str], env: Mapping[str, str], *, enabl
         proxy_uids=v.parse_owners("--proxy-uid", uids),
         proxy_gids=v.parse_owners("--proxy-gid", gids),
         mode="TPROXY" if mode == "TPROXY" else "REDIRECT",
-        tproxy_mark=v.parse_int("--istio-inbound-tproxy-mark", values["istio-inbound-tproxy-mark"], 1, 0xFFFFFFFF),
-        tproxy_route_table=v.parse_int("--istio-inbound-tproxy-route-table",
-                                       values["istio-inbound-tproxy-route-table"], 1, 0xFFFFFFFE),
+        tproxy_mark=v.parse_mark("--istio-inbound-tproxy-mark", values["istio-inbound-tproxy-mark"]),
+        tproxy_route_table=v.parse_route_table("--istio-inbound-tproxy-route-table",
+                                               values["istio-inbound-tproxy-route-table"]),
         inbound_ports_wildcard=inbound_wild,
         inbound_ports=inbound_ports,
         inbound_exclude_ports=v.parse_ports("--istio-local-exclude-ports", values["istio-local-exclude-ports"]),

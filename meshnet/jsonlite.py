@@ -43,6 +43,8 @@ def loads(text: str | bytes) -> Any:
         obj, end = _scan(text, start)
     except ValueError:
         raise
+    except RecursionError:  # nesting deeper than the interpreter's stack: a bad document, not a bug
+        raise ValueError("JSON document nested too deeply") from None
     except Exception:  # StopIteration, or the scanner failing to build its error (seen under -I -S)
         return _slow_loads(text)  # the error path: json itself words the JSONDecodeError
     if text[end:].strip(_WHITESPACE):
@@ -53,7 +55,10 @@ def loads(text: str | bytes) -> Any:
 def _slow_loads(text: str) -> Any:
     import json
 
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON document nested too deeply") from None
 
 
 def _no_default(obj: object) -> object:

@@ -120,8 +120,8 @@ def check_spec(spec: Spec) -> None:
         v.parse_port(name, getattr(spec, name))
     if spec.mode not in ("REDIRECT", "TPROXY"):
         raise SpecError("mode", spec.mode, "expected REDIRECT or TPROXY")
-    v.parse_int("tproxy_mark", spec.tproxy_mark, 1, 0xFFFFFFFF)
-    v.parse_int("tproxy_route_table", spec.tproxy_route_table, 1, 0xFFFFFFFF - 1)
+    v.parse_mark("tproxy_mark", spec.tproxy_mark)
+    v.parse_route_table("tproxy_route_table", spec.tproxy_route_table)
     for name in ("inbound_ports", "inbound_exclude_ports", "outbound_include_ports", "outbound_exclude_ports"):
         for port in getattr(spec, name):
             v.parse_port(name, port)

@@ -16,7 +16,8 @@ from meshnet.spec import SPEC_FIELDS, Spec, mode_for
 _PORT_FIELDS = ("inbound_exclude_ports", "outbound_include_ports", "outbound_exclude_ports")
 _IFACE_FIELDS = ("exclude_interfaces", "kube_virt_interfaces")
 _INT_FIELDS = {"proxy_port": (1, 65535), "inbound_capture_port": (1, 65535), "inbound_tunnel_port": (1, 65535),
-               "tproxy_mark": (1, 0xFFFFFFFF), "tproxy_route_table": (1, 0xFFFFFFFE)}
+               "tproxy_mark": (v.MARK_MIN, v.MARK_MAX),
+               "tproxy_route_table": (v.ROUTE_TABLE_MIN, v.ROUTE_TABLE_MAX)}
 _BOOL_FIELDS = ("redirect_dns", "capture_all_dns", "drop_invalid", "dual_stack", "enable_ipv6")
 
 
@@ -36,6 +37,9 @@ def _as_text(key: str, value: Any) -> str:
 def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
     if "spec" in doc and isinstance(doc.get("spec"), dict):  # allow a Kubernetes-style envelope
         doc = doc["spec"]
+    odd = [k for k in doc if not isinstance(k, str)]
+    if odd:
+        raise SpecError(f"{source} key", odd[0], "field names must be strings")
     unknown = sorted(set(doc) - SPEC_FIELDS - {"inbound_ports", "outbound_include_cidrs"})
     if unknown:
         raise SpecError(f"{source} key", unknown[0], f"unknown field (known: {', '.join(sorted(SPEC_FIELDS))})")
@@ -45,7 +49,9 @@ def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
             kw[key] = v.parse_bool(key, value if isinstance(value, bool) else _as_text(key, value))
             continue
         text = _as_text(key, value)
-        if key in _INT_FIELDS:
+        if key == "tproxy_route_table":
+            kw[key] = v.parse_route_table(key, text)
+        elif key in _INT_FIELDS:
             kw[key] = v.parse_int(key, text, *_INT_FIELDS[key])
         elif key in _PORT_FIELDS:
             kw[key] = v.parse_ports(key, text)
@@ -81,17 +87,56 @@ def spec_from_mapping(doc: Mapping[str, Any], source: str = "spec") -> Spec:
     return Spec(**kw)
 
 
-def load_spec_file(path: str) -> Spec:
+MAX_SPEC_BYTES = 1 << 20
+MAX_NESTING = 32  # a spec is two levels deep; anything far deeper is an attack or an accident
+
+
+def nesting_depth(text: str) -> int:
+    """Upper bound of the bracket/indent nesting of a YAML or JSON text, without parsing it
+    (PyYAML and json recurse per level: a deep document is a RecursionError, not a parse error)."""
+    depth = deepest = 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+    indent = max((len(line) - len(line.lstrip(" -")) for line in text.splitlines()), default=0)
+    return max(deepest, indent // 2)
+
+
+def load_yaml_text(data: bytes | str, field: str, label: object) -> Any:
+    """safe_load with every failure as one SpecError line: binary input, bad YAML, deep nesting."""
     import yaml  # lazy: only the YAML path pays for PyYAML
 
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(field, label, f"not UTF-8 text (byte {exc.start}): not a YAML document") from None
+    if "\x00" in data:
+        raise SpecError(field, label, "contains NUL bytes: not a YAML document")
+    if nesting_depth(data) > MAX_NESTING:
+        raise SpecError(field, label, f"nested deeper than {MAX_NESTING} levels")
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as exc:
-        raise SpecError("spec file", path, exc.strerror or str(exc)) from None
+        return yaml.safe_load(data)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise SpecError("spec file", path, f"not valid YAML ({first})") from None
+        raise SpecError(field, label, f"not valid YAML ({first})") from None
+    except (RecursionError, ValueError) as exc:  # ValueError: e.g. a huge int/float literal
+        raise SpecError(field, label, f"not a usable YAML document ({type(exc).__name__})") from None
+
+
+def load_spec_file(path: str) -> Spec:
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError("spec file", path, exc.strerror or str(exc)) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError("spec file", path, f"larger than {MAX_SPEC_BYTES} bytes: not a spec")
+    doc = load_yaml_text(data, "spec file", path)
     if not isinstance(doc, dict):
         raise SpecError("spec file", path, "expected a mapping of spec fields")
     return spec_from_mapping(doc, source=path)

@@ -6,7 +6,7 @@ variable, YAML field or pod annotation can inject text into a restore or nft tra
 
 from __future__ import annotations
 
-from meshnet.errors import SpecError
+from meshnet.errors import SpecError, quote
 
 # Character classes as sets, not regexes: `re` (with enum) costs ~5 ms at every pod start.
 _DIGITS = frozenset("0123456789")
@@ -15,6 +15,12 @@ _IFACE_CHARS = _LETTERS | _DIGITS | frozenset("_.@:-")
 _OWNER_CHARS = _LETTERS | _DIGITS | frozenset("_.-")
 _FORBIDDEN = frozenset("\"'`;#{}$\\\x7f")
 MAX_OWNER_GROUPS_INCLUDE = 64
+# Routing tables 253 (default), 254 (main) and 255 (local) are the kernel's own, and 0 means
+# "unspecified": a TPROXY `fwmark lookup local` would break every connection of the pod.
+ROUTE_TABLE_MIN, ROUTE_TABLE_MAX = 1, 252
+MARK_MIN, MARK_MAX = 1, 0xFFFFFFFF  # mark 0 is every unmarked packet
+ID_MAX = 0xFFFFFFFE  # uid/gid: (uid_t)-1 means "no change" to the kernel, never a real id
+MAX_NUMBER_DIGITS = 20  # longer digit strings are refused before int() (Python caps int() at 4300)
 
 
 def _has_forbidden(text: str) -> bool:
@@ -30,7 +36,7 @@ def is_interface_name(name: str) -> bool:
 def is_owner(owner: str) -> bool:
     """A numeric id (up to 10 digits) or a user/group name (iptables' owner match resolves names)."""
     if owner and all(c in _DIGITS for c in owner):
-        return len(owner) <= 10
+        return len(owner) <= 10 and int(owner) <= ID_MAX
     return (1 <= len(owner) <= 32 and (owner[0] in _LETTERS or owner[0] == "_")
             and all(c in _OWNER_CHARS for c in owner))
 
@@ -45,14 +51,24 @@ def split_list(field: str, value: str) -> list[str]:
         if not item:
             continue
         if _has_forbidden(item):
-            raise SpecError(field, value, f"item {item!r} contains whitespace or a forbidden character")
+            raise SpecError(field, value, f"item {quote(item)} contains whitespace or a forbidden character")
         items.append(item)
     return items
 
 
+def _digits(value: object) -> str | None:
+    """The value as an ASCII digit string of sane length, else None (bools are not numbers)."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip() if isinstance(value, str | int) else ""
+    if not text or len(text) > MAX_NUMBER_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return text
+
+
 def parse_port(field: str, value: str | int) -> int:
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit():
+    text = _digits(value)
+    if text is None:
         raise SpecError(field, value, "a port must be a number between 1 and 65535")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -111,16 +127,48 @@ def parse_interfaces(field: str, value: str) -> tuple[str, ...]:
 def parse_owners(field: str, value: str) -> tuple[str, ...]:
     owners = split_list(field, value)
     for owner in owners:
+        if owner.isascii() and owner.isdigit() and not is_owner(owner):
+            raise SpecError(field, owner, f"a numeric id must be between 0 and {ID_MAX}")
         if not is_owner(owner):
             raise SpecError(field, owner, "expected a numeric id or a user/group name")
     return tuple(owners)
 
 
 def parse_int(field: str, value: str | int, lo: int, hi: int) -> int:
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or not lo <= int(text) <= hi:
+    text = _digits(value)
+    if text is None or not lo <= int(text) <= hi:
         raise SpecError(field, value, f"expected a number between {lo} and {hi}")
     return int(text)
+
+
+def parse_route_table(field: str, value: str | int) -> int:
+    text = _digits(value)
+    if text is None or not ROUTE_TABLE_MIN <= int(text) <= ROUTE_TABLE_MAX:
+        raise SpecError(field, value, f"expected a routing table between {ROUTE_TABLE_MIN} and {ROUTE_TABLE_MAX} "
+                        "(0 and 253-255 are the kernel's unspec, default, main and local tables)")
+    return int(text)
+
+
+def parse_mark(field: str, value: str | int) -> int:
+    return parse_int(field, value, MARK_MIN, MARK_MAX)
+
+
+MAX_SECONDS = 86400.0 * 365  # a year: longer waits are typos, and time.sleep() overflows near 1e10
+
+
+def parse_seconds(field: str, value: object, *, lo: float = 0.0, hi: float = MAX_SECONDS,
+                  allow_zero: bool = True) -> float:
+    """A duration in seconds: finite (no nan/inf), within [lo, hi], zero only when allowed."""
+    try:
+        seconds = float(value) if not isinstance(value, bool) else float("nan")  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(field, value, "expected a number of seconds") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise SpecError(field, value, "a duration must be a finite number of seconds")
+    if not lo <= seconds <= hi or (seconds == 0 and not allow_zero):
+        low = f"> {lo:g}" if not allow_zero and lo == 0 else f">= {lo:g}"
+        raise SpecError(field, value, f"a duration must be {low} and <= {hi:g} seconds")
+    return seconds
 
 
 def parse_bool(field: str, value: str | bool) -> bool:
@@ -154,6 +202,8 @@ def parse_ip(field: str, value: str) -> str:
     import ipaddress
 
     text = value.strip()
+    if "%" in text:  # Python accepts "fe80::1%eth0"; a zone id cannot reach an iptables/nft rule
+        raise SpecError(field, value, "an address with a zone id (%...) cannot be matched by a rule")
     try:
         ipaddress.ip_address(text)
     except ValueError:

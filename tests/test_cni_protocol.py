@@ -33,6 +33,7 @@ from meshnet.cni.protocol import (
 ENV = {"CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/run/netns/mn-does-not-exist", "CNI_IFNAME": "eth0",
        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"}
 STATUS = {"sidecar.istio.io/status": "{}"}
+PREV = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.2.3/24"}]}  # what a main plugin hands a chained one
 
 
 def invoke(command: str, conf: Any, **env: str) -> tuple[int, dict[str, Any] | None]:
@@ -73,8 +74,20 @@ def test_version_with_empty_stdin_answers_latest() -> None:
     (json.dumps(conf(defaults={"proxy_port": 70000})).encode(), {}, E_INVALID_CONFIG, "defaults.proxy_port"),
     (json.dumps(conf(defaults={"proxy_uid": True})).encode(), {}, E_INVALID_CONFIG, "defaults.proxy_uid"),
     (json.dumps(conf(log_level="loud")).encode(), {}, E_INVALID_CONFIG, "log_level"),
-    (json.dumps(conf(runtimeConfig={"io.kubernetes.cri.pod-annotations": ["x"]})).encode(), {},
+    (json.dumps(conf(prevResult=PREV, runtimeConfig={"io.kubernetes.cri.pod-annotations": ["x"]})).encode(), {},
      E_INVALID_CONFIG, "pod-annotations"),
+    # A chained ADD needs the main plugin's result with the pod's addresses (CNI spec).
+    (json.dumps(conf()).encode(), {}, E_INVALID_CONFIG, "needs prevResult"),
+    (json.dumps(conf(prevResult={"cniVersion": "1.0.0"})).encode(), {}, E_INVALID_CONFIG, "no ips"),
+    (json.dumps(conf(prevResult={"ips": []})).encode(), {}, E_INVALID_CONFIG, "no ips"),
+    (json.dumps(conf(prevResult={"ips": [{"address": "10.0.0.2"}]})).encode(), {}, E_INVALID_CONFIG, "address"),
+    (json.dumps(conf(prevResult={"ips": ["x" * 100000]})).encode(), {}, E_INVALID_CONFIG, "address"),
+    # CNI_NETNS is an absolute path: a bare name is not looked up in /run/netns.
+    (json.dumps(conf(prevResult=PREV)).encode(), {"CNI_NETNS": "mn-pod"}, E_INVALID_ENV, "absolute path"),
+    (json.dumps(conf(prevResult=PREV)).encode(), {"CNI_NETNS": "x" * 100000}, E_INVALID_ENV, "absolute path"),
+    # Nesting too deep for the decoder is a decode error, not an internal one (code 999).
+    (b'{"cniVersion": "1.0.0", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", {}, E_DECODE, "not valid JSON"),
+    (b"\xff\xfe\x00garbage", {}, E_DECODE, "not valid JSON"),
 ])
 def test_bad_input_is_a_cni_error_object(stdin: bytes, env: dict[str, str], code: int, words: str) -> None:
     command = env.pop("CNI_COMMAND", "ADD")
@@ -83,6 +96,7 @@ def test_bad_input_is_a_cni_error_object(stdin: bytes, env: dict[str, str], code
     assert out is not None and set(out) == {"cniVersion", "code", "msg", "details"}
     assert out["code"] == code, out
     assert words in out["msg"], out
+    assert len(out["msg"]) < 300 and "\n" not in out["msg"], out  # never a 100 KB value echoed back
     assert out["cniVersion"] in SUPPORTED_VERSIONS
 
 
@@ -113,14 +127,14 @@ def test_add_of_a_skipped_pod_passes_prev_result_through_unchanged() -> None:
 
 
 def test_add_of_an_excluded_namespace_is_skipped() -> None:
-    rc, out = invoke("ADD", conf(runtimeConfig={"io.kubernetes.cri.pod-annotations": STATUS}),
+    rc, out = invoke("ADD", conf(prevResult=PREV, runtimeConfig={"io.kubernetes.cri.pod-annotations": STATUS}),
                      CNI_ARGS="K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns")
-    assert rc == 0 and out == {"cniVersion": "1.0.0"}
+    assert rc == 0 and out == PREV
 
 
 def test_add_with_a_bad_mode_fails_before_touching_the_namespace() -> None:
     ann = {**STATUS, "sidecar.istio.io/interceptionMode": "BOGUS"}
-    rc, out = invoke("ADD", conf(runtimeConfig={"io.kubernetes.cri.pod-annotations": ann}))
+    rc, out = invoke("ADD", conf(prevResult=PREV, runtimeConfig={"io.kubernetes.cri.pod-annotations": ann}))
     assert rc == 1 and out is not None and out["code"] == E_INVALID_POD_SPEC
     assert "BOGUS" in out["msg"]
 

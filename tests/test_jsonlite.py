@@ -27,6 +27,11 @@ def test_round_trip_identical_to_json(doc: object) -> None:
     assert jsonlite.loads(text.encode()) == json.loads(text)
 
 
+def _same(a: object, b: object) -> bool:
+    """Equality that treats NaN as equal to NaN (json accepts the NaN literal; nan != nan)."""
+    return type(a) is type(b) and json.dumps(a) == json.dumps(b)
+
+
 @settings(max_examples=400)
 @given(st.text(max_size=40))
 def test_invalid_documents_raise_value_error_like_json(text: str) -> None:
@@ -36,7 +41,21 @@ def test_invalid_documents_raise_value_error_like_json(text: str) -> None:
         with pytest.raises(ValueError):
             jsonlite.loads(text)
         return
-    assert jsonlite.loads(text) == expected
+    assert _same(jsonlite.loads(text), expected)
+
+
+@pytest.mark.parametrize("text", ["NaN", "[NaN]", "Infinity", "-Infinity", '{"a": [NaN, -Infinity]}'])
+def test_non_finite_literals_decode_like_json(text: str) -> None:
+    # Found by hypothesis: the comparison itself must not rely on nan == nan.
+    assert _same(jsonlite.loads(text), json.loads(text))
+    assert not _same(jsonlite.loads("NaN"), 1.0)
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_too_deep_nesting_is_a_value_error_not_a_recursion_error(depth: int) -> None:
+    for text in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth, "[" * depth):
+        with pytest.raises(ValueError, match="nested too deeply|Expecting"):
+            jsonlite.loads(text)
 
 
 def test_errors_are_json_decode_errors_under_isolated_mode() -> None:

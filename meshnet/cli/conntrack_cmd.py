@@ -17,8 +17,21 @@ class CmdError(Exception):
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"meshnet: error: {msg}", err=True)
+    from meshnet.errors import one_line
+
+    click.echo(f"meshnet: error: {one_line(msg)}", err=True)
     sys.exit(2)
+
+
+def _seconds(option: str, value: float, *, allow_zero: bool) -> float:
+    """A finite, bounded number of seconds (click's float type lets nan, inf and 1e308 through)."""
+    from meshnet.errors import SpecError
+    from meshnet.validate import parse_seconds
+
+    try:
+        return parse_seconds(option, value, allow_zero=allow_zero)
+    except SpecError as exc:
+        raise CmdError(str(exc)) from None
 
 
 def _resolve(netns: str | None, pid: int | None) -> Any:
@@ -39,11 +52,12 @@ def _guard(fn: Any) -> int:
     from meshnet.conntrack.envoy import EnvoyLogError
     from meshnet.conntrack.netlink import NetlinkError
     from meshnet.conntrack.textparse import ParseError
+    from meshnet.errors import MeshnetError
     from meshnet.netns import NetnsError
 
     try:
         return fn()
-    except (CmdError, NetnsError, NetlinkError, ParseError, EnvoyLogError) as e:
+    except (CmdError, NetnsError, NetlinkError, ParseError, EnvoyLogError, MeshnetError) as e:
         _fail(str(e))
     except PermissionError as e:
         _fail(f"permission denied ({e.strerror or e}); run as root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
@@ -51,6 +65,8 @@ def _guard(fn: Any) -> int:
         _fail(f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else ""))
     except KeyboardInterrupt:
         _fail("interrupted")
+    except Exception as e:  # a bug: one line all the same, exit 2 (could not inspect)
+        _fail(f"internal error: {type(e).__name__}: {e}")
     return 2
 
 
@@ -80,8 +96,7 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundl
     def run() -> int:
         from meshnet.conntrack.findings import analyze, exit_code
 
-        if interval < 0:
-            raise CmdError("--interval must be >= 0")
+        _seconds("--interval", interval, allow_zero=True)
         if bundle is not None:
             if netns is not None or pid is not None or from_file is not None:
                 raise CmdError("--bundle cannot be combined with --netns/--pid/--from-file")
@@ -203,8 +218,8 @@ def watch_cmd(netns: str | None, pid: int | None, duration: float, hang_after: f
     """Follow conntrack events and report collisions as they happen (Ctrl-C to stop)."""
 
     def run() -> int:
-        if duration <= 0:
-            raise CmdError("--duration must be > 0")
+        _seconds("--duration", duration, allow_zero=False)
+        _seconds("--hang-after", hang_after, allow_zero=True)
         ns = _resolve(netns, pid)
         from meshnet.conntrack.watch import watch
 

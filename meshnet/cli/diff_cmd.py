@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from meshnet.cli.errors import guarded
+from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
         from meshnet.annotations import parse_annotation_args, spec_from_annotations
         from meshnet.validate import parse_int
 
-        uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFF) if ns.proxy_uid else None
-        gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFF) if ns.proxy_gid else None
+        uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFE) if ns.proxy_uid else None
+        gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFE) if ns.proxy_gid else None
         spec = spec_from_annotations(parse_annotation_args(ns.annotation), proxy_uid=uid, proxy_gid=gid)
     elif ns.spec_file:
         from meshnet.spec_yaml import load_spec_file
@@ -136,4 +136,4 @@ def diff_cmd(ctx: click.Context) -> None:
 
     meshnet diff [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml | --cni --annotation K=V] [--json]
     """
-    ctx.exit(guarded(lambda: run_diff(list(ctx.args)), prog="meshnet diff"))
+    ctx.exit(diagnostic(lambda: run_diff(list(ctx.args)), prog="meshnet diff"))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from meshnet.cli.diff_cmd import PASS_THROUGH
-from meshnet.cli.errors import guarded
+from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -113,4 +113,4 @@ def doctor_cmd(ctx: click.Context) -> None:
     proxy listeners, conntrack. meshnet doctor [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml] [--json];
     every pod of the node: --all [--cri unix:///run/containerd/containerd.sock]; offline: --bundle FILE
     """
-    ctx.exit(guarded(lambda: run_doctor(list(ctx.args)), prog="meshnet doctor"))
+    ctx.exit(diagnostic(lambda: run_doctor(list(ctx.args)), prog="meshnet doctor"))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from meshnet.cli.errors import guarded
+from meshnet.cli.errors import diagnostic
 
 
 def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
@@ -71,4 +71,4 @@ def explain_cmd(packet: str, netns_name: str | None, pid: int | None, as_json: b
     Options in PACKET: uid= gid= iface= oif= state=NEW|ESTABLISHED|RELATED|INVALID mark= ctmark=.
     """
     run = run_trace if trace else run_explain
-    sys.exit(guarded(lambda: run(packet, netns_name, pid, as_json), prog="meshnet explain"))
+    sys.exit(diagnostic(lambda: run(packet, netns_name, pid, as_json), prog="meshnet explain"))

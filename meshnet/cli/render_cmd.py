@@ -46,8 +46,8 @@ def spec_for_render(argv: list[str]) -> tuple[Spec, str, str]:
         from meshnet.annotations import parse_annotation_args, spec_from_annotations
         from meshnet.validate import parse_int
 
-        uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFF) if ns.proxy_uid else None
-        gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFF) if ns.proxy_gid else None
+        uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFE) if ns.proxy_uid else None
+        gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFE) if ns.proxy_gid else None
         others = [f.long for f in istio_flags.FLAGS if f.long not in ("proxy-uid", "proxy-gid")
                   and getattr(ns, f.long.replace("-", "_")) is not None]
         if others or ns.spec_file:

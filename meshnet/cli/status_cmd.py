@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from meshnet.cli.errors import guarded
+from meshnet.cli.errors import diagnostic
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
@@ -51,4 +51,4 @@ def status_cmd(ctx: click.Context) -> None:
     if "--help" in ctx.args or "-h" in ctx.args:
         _parser().print_help()
         ctx.exit(0)
-    ctx.exit(guarded(lambda: run(list(ctx.args))))
+    ctx.exit(diagnostic(lambda: run(list(ctx.args)), prog="meshnet"))

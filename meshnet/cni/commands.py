@@ -6,6 +6,7 @@ import os
 
 from meshnet.annotations import spec_from_annotations
 from meshnet.cni.config import PluginConfig
+from meshnet.cni.inputs import check_netns_path, is_own_netns, pod_netns, prev_result_addresses
 from meshnet.cni.log import Log
 from meshnet.cni.pod import PodInfo, skip_reason
 from meshnet.cni.protocol import (
@@ -13,7 +14,6 @@ from meshnet.cni.protocol import (
     E_DRIFT,
     E_INCOMPATIBLE_VERSION,
     E_INVALID_POD_SPEC,
-    E_UNKNOWN_CONTAINER,
     CniEnv,
     CniError,
     passthrough_result,
@@ -31,10 +31,7 @@ if TYPE_CHECKING:
 
 
 def _netns(env: CniEnv) -> Netns:
-    try:
-        return Netns.resolve(env.netns)
-    except NetnsError as exc:
-        raise CniError(E_UNKNOWN_CONTAINER, f"pod network namespace unusable: {exc}") from None
+    return pod_netns(env.netns)
 
 
 def _pod_spec(pod: PodInfo, config: PluginConfig) -> Spec:
@@ -59,24 +56,17 @@ def _cleanup_quietly(netns: Netns, log: Log) -> None:
         log.error("cleanup after a failed ADD failed", error=str(exc))
 
 
-def _result_addresses(doc: Mapping[str, Any]) -> list[str]:
-    """`ips[].address` of the prevResult (CNI >= 0.3.0); empty when absent or malformed."""
-    prev = doc.get("prevResult")
-    ips = prev.get("ips") if isinstance(prev, dict) else None
-    if not isinstance(ips, list):
-        return []
-    return [ip["address"] for ip in ips if isinstance(ip, dict) and isinstance(ip.get("address"), str)]
-
-
 def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> dict[str, Any] | None:
+    addresses = prev_result_addresses(doc)
+    check_netns_path(env.netns)
     pod = load_pod(env, config, doc, log)
     try:
         reason = skip_reason(pod, config)
     except SpecError as exc:  # an invalid interception mode: fail, and drop what an earlier ADD left
-        if env.netns and os.path.exists(env.netns):
-            _cleanup_quietly(_netns(env), log)
+        if os.path.exists(env.netns):
+            _cleanup_quietly(_netns(env), log)  # _netns refuses the plugin's own namespace
         raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
-    if reason:
+    if reason:  # a skipped pod's namespace is not even opened
         log.info("skipped", reason=reason)
         return passthrough_result(doc, config.cni_version)
     netns = _netns(env)
@@ -86,7 +76,7 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     try:
         base = _pod_spec(pod, config)
         # The main plugin's result lists the pod's addresses: Istio's IPv6 rule needs no netns read.
-        ipv6 = ipv6_from_addresses(_result_addresses(doc), base.dual_stack)
+        ipv6 = ipv6_from_addresses(addresses, base.dual_stack)
         if ipv6 is None:
             spec, backend = prepare(netns, base, config.backend)
         else:
@@ -116,9 +106,11 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
 
 def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> dict[str, Any] | None:
     # The spec: DEL succeeds when the namespace or the state is already gone.
-    if not env.netns or not os.path.exists(env.netns):
+    if not env.netns or (env.netns.startswith("/") and not os.path.exists(env.netns)):
         log.info("namespace already gone: nothing to remove")
         return None
+    if not env.netns.startswith("/") or is_own_netns(env.netns):
+        pod_netns(env.netns)  # raises the error that names what is wrong with it
     try:
         netns = Netns.resolve(env.netns)
     except NetnsError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from meshnet.annotations import CniDefaults
 from meshnet.cni.protocol import E_INVALID_CONFIG, CniError, check_version
+from meshnet.errors import quote
 from meshnet.records import dataclass
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
@@ -37,7 +38,7 @@ class PluginConfig:
 
 
 def _bad(field: str, value: object, reason: str) -> CniError:
-    return CniError(E_INVALID_CONFIG, f"invalid plugin configuration field {field!r}: {value!r}: {reason}")
+    return CniError(E_INVALID_CONFIG, f"invalid plugin configuration field {field!r}: {quote(value)}: {reason}")
 
 
 def _str(doc: Mapping[str, Any], key: str, default: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
+from meshnet.errors import one_line, quote
 from meshnet.records import dataclass, field
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
@@ -33,16 +34,18 @@ E_INVALID_POD_SPEC = 100  # a pod annotation (or the pod's proxy settings) is in
 E_APPLY_FAILED = 101  # the kernel refused the rules
 E_DRIFT = 102  # CHECK: the live rules differ from what the pod's annotations call for
 E_INTERNAL = 999  # a bug: reported as an error object all the same, never as a traceback
+DETAILS_LIMIT = 8000
 
 
 class CniError(Exception):
     """A failure reported to the runtime as a CNI error object."""
 
     def __init__(self, code: int, msg: str, details: str = "") -> None:
+        msg = one_line(msg)  # the runtime shows msg as one line in its events; never a 100 KB value
         super().__init__(msg)
         self.code = code
         self.msg = msg
-        self.details = details
+        self.details = details[:DETAILS_LIMIT]
 
     def to_dict(self, cni_version: str) -> dict[str, Any]:
         return {"cniVersion": cni_version, "code": self.code, "msg": self.msg, "details": self.details}
@@ -52,7 +55,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in version.split("."))
     except ValueError:
-        raise CniError(E_INCOMPATIBLE_VERSION, f"invalid cniVersion {version!r}") from None
+        raise CniError(E_INCOMPATIBLE_VERSION, f"invalid cniVersion {quote(version)}") from None
 
 
 def version_at_least(version: str, minimum: str) -> bool:
@@ -63,7 +66,7 @@ def check_version(version: object) -> str:
     if not isinstance(version, str) or not version:
         raise CniError(E_INVALID_CONFIG, "network configuration has no cniVersion")
     if version not in SUPPORTED_VERSIONS:
-        raise CniError(E_INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}",
+        raise CniError(E_INCOMPATIBLE_VERSION, f"unsupported cniVersion {quote(version)}",
                        "supported: " + ", ".join(SUPPORTED_VERSIONS))
     return version
 
@@ -76,7 +79,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CniError(E_INVALID_ENV, f"invalid CNI_ARGS pair {pair!r}", "expected KEY=VALUE")
+            raise CniError(E_INVALID_ENV, f"invalid CNI_ARGS pair {quote(pair)}", "expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -111,7 +114,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> CniEnv:
     env = os.environ if environ is None else environ
     command = env.get("CNI_COMMAND", "")
     if command not in COMMANDS:
-        raise CniError(E_INVALID_ENV, f"invalid CNI_COMMAND {command!r}", "expected one of " + ", ".join(COMMANDS))
+        raise CniError(E_INVALID_ENV, f"invalid CNI_COMMAND {quote(command)}", "expected one of " + ", ".join(COMMANDS))
     missing = [name for name in _REQUIRED.get(command, ()) if not env.get(name)]
     if missing:
         raise CniError(E_INVALID_ENV, f"{command}: required environment variable(s) missing: {', '.join(missing)}")
