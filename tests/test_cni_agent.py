@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,7 @@ from typing import Any
 
 import pytest
 from cni_helpers import SIDECAR, CniNode, build_cnirun, build_plugin, interception_state, save
-from topology import PYTHON, is_root
+from topology import is_root
 
 from meshnet.cni.shim import ask_agent, decode_request, encode_request
 
@@ -76,15 +80,65 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 
 @pytest.mark.netns
+@contextlib.contextmanager
+def public_dir_beside(path: Path) -> Iterator[Path]:
+    """A 0755 directory on the filesystem of `path` (so it can hold a hard link to it) that uid 1337
+    can traverse, wherever the suite runs from (a clone in a 0700 directory included)."""
+    for base in ("/tmp", "/run", "/dev/shm"):
+        if os.path.isdir(base) and os.stat(base).st_dev == path.stat().st_dev:
+            d = Path(tempfile.mkdtemp(prefix="mn-agent-", dir=base))
+            break
+    else:
+        raise AssertionError(f"no world-traversable directory on the filesystem of {path}")
+    try:
+        d.chmod(0o755)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+UNPRIVILEGED_PROBE = """
+import _socket, sys
+sys.path.insert(0, sys.argv[1])
+from mn_shim import ask_agent, encode_request
+def connect(path):
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return "connected"
+    except PermissionError:
+        return "EACCES"
+    finally:
+        s.close()
+print(connect(sys.argv[2]), connect(sys.argv[3]), ask_agent(sys.argv[2], encode_request({}, b"{}")))
+"""
+
+
 def test_socket_is_root_only_and_removed_on_stop(agent: Agent) -> None:
     assert agent.socket.stat().st_mode & 0o777 == 0o600
     assert agent.socket.parent.stat().st_mode & 0o777 == 0o700
     # A non-root process cannot reach it, so it would run the plugin itself (and fail for lack of rights).
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from meshnet.cni.shim import ask_agent, encode_request;"
-            "print(ask_agent(sys.argv[2], encode_request({}, b'{}')))")
-    cp = subprocess.run(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", PYTHON, "-I", "-S", "-c", code,
-                         str(REPO), str(agent.socket)], capture_output=True, text=True, timeout=30)
-    assert cp.stdout.strip() == "None", cp.stderr
+    # uid 1337 can read neither this clone (it may sit in a 0700 directory) nor the socket's 0700
+    # directory: it runs a copy of the shim from a public directory and reaches the agent's socket
+    # through a hard link there (the same inode and mode), so only the socket's own 0600 is tested.
+    # The control socket (0666, same directory) shows the process could connect if the mode let it.
+    with public_dir_beside(agent.socket) as pub:
+        shutil.copy(REPO / "meshnet" / "cni" / "shim.py", pub / "mn_shim.py")
+        (pub / "mn_shim.py").chmod(0o644)
+        link = pub / "agent.sock"
+        os.link(agent.socket, link)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            control.bind(str(pub / "open.sock"))
+            control.listen(1)
+            (pub / "open.sock").chmod(0o666)
+            cp = subprocess.run(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", "/usr/bin/python3",
+                                 "-I", "-S", "-c", UNPRIVILEGED_PROBE, str(pub), str(link), str(pub / "open.sock")],
+                                capture_output=True, text=True, timeout=30)
+        finally:
+            control.close()
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["EACCES", "connected", "None"], (cp.stdout, cp.stderr)
     agent.stop()
     assert not agent.socket.exists()
 
