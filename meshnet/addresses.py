@@ -59,7 +59,12 @@ def _usable_v6(hex32: str) -> bool:
 
 
 def _read_families(netns: Netns | None) -> tuple[list[str], list[str]]:
-    v4 = fib_trie_locals(_read(netns, "fib_trie"))
+    try:
+        v4 = fib_trie_locals(_read(netns, "fib_trie"))
+    except FileNotFoundError:
+        # An empty FIB (lo down and no IPv4 address, e.g. an IPv6-only pod) reads as a missing
+        # file through the prefetched snapshot: it means "no IPv4 address", not an error.
+        v4 = []
     try:
         v6 = if_inet6_hex(_read(netns, "if_inet6"))
     except OSError:

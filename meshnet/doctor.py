@@ -74,10 +74,11 @@ def _checks() -> list[Any]:
         proxy_owner,
         tproxy_routing,
     )
+    from meshnet.checks.half_states import HALF_STATE_CHECKS
 
     # capture_probes before drift: without a spec, a failed probe's finding carries the structural holes.
-    return [no_rules, backends_check, capture_probes, drift, tproxy_routing, dns_zones, listeners, dns_listener,
-            proxy_owner, conntrack_check, collision_prevention]
+    return [no_rules, backends_check, capture_probes, drift, tproxy_routing, *HALF_STATE_CHECKS, dns_zones,
+            listeners, dns_listener, proxy_owner, conntrack_check, collision_prevention]
 
 
 def _mode(live: Any) -> str | None:

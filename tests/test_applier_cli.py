@@ -87,7 +87,7 @@ def test_apply_from_spec_file(topo: Topology, tmp_path) -> None:  # type: ignore
     (["apply", "--netns", "{pod}", "-f", "/nonexistent.yaml"], 1, "nonexistent"),
     (["apply", "--netns", "{pod}", "--pid", "1"], 2, "not both"),
     (["cleanup"], 2, "missing target"),
-    (["status", "--pid", "999999999"], 1, "not found"),
+    (["status", "--pid", "999999999"], 2, "not found"),  # diagnostic: could not inspect
     (["validate", "--netns", "{pod}", "--timeout", "soon"], 1, "duration"),
 ])
 def test_bad_input_is_one_line(topo: Topology, args: list[str], code: int, needle: str) -> None:

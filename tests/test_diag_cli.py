@@ -35,10 +35,14 @@ def test_explain_bad_packet_is_a_usage_error(packet: str) -> None:
 
 
 def test_missing_namespace() -> None:
+    # The diagnostic exit contract: 2 = could not inspect (never 1, which means findings or drift).
     for args in (["doctor", "--netns", "mn-nonexistent-x"], ["diff", "--netns", "mn-nonexistent-x", "-p", "15001"],
-                 ["explain", "--netns", "mn-nonexistent-x", "tcp 1.1.1.1:1 -> 2.2.2.2:2 out uid=1"]):
+                 ["status", "--netns", "mn-nonexistent-x"], ["status", "--netns", "mn-nonexistent-x", "-p", "1"],
+                 ["explain", "--netns", "mn-nonexistent-x", "tcp 1.1.1.1:1 -> 2.2.2.2:2 out uid=1"],
+                 ["conntrack", "analyze", "--netns", "mn-nonexistent-x"],
+                 ["conntrack", "watch", "--netns", "mn-nonexistent-x", "--duration", "1"]):
         cp = meshnet(*args)
-        assert cp.returncode == (2 if args[0] == "doctor" else 1), cp
+        assert cp.returncode == 2, cp
         one_line_error(cp)
         assert "not found" in cp.stderr
 
@@ -75,8 +79,10 @@ def test_diff_explain_doctor_on_a_live_pod() -> None:
 
         sick = meshnet("doctor", "--netns", ns, "--json")  # nothing listens on 15001/15006
         assert sick.returncode == 1
+        # Without a spec, IPv4-only rules in this dual-stack pod are a warning too (IPv6 bypasses the proxy);
+        # with the injector's spec (IPv4 first, no dual stack: Istio's rule says IPv4 only) they are context.
         assert {f["kind"] for f in json.loads(sick.stdout)["findings"] if f["severity"] != "info"} == \
-            {"proxy-not-listening"}
+            {"proxy-not-listening", "ipv6-not-intercepted"}
         topo.start_server(topo.pod, "proxy", tcp_ports=[15001, 15006], uid=1337)
         well = meshnet("doctor", "--netns", ns, *INJECTOR_FLAGS)
         assert well.returncode == 0, well.stdout

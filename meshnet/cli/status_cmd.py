@@ -28,9 +28,22 @@ def run(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
     netns = resolve_target(ns, inspect=True)
     spec = spec_and_options(ns, netns)[0] if (ns.spec_file or istio_flags_given(ns)) else None
+    from meshnet.checks.half_states import half_state_findings
+
     st = status(netns, spec)
+    # Half states (leftover guardrails, orphan TPROXY routing, IPv4-only rules in a dual-stack pod)
+    # are not drift against a spec: they are wrong whatever the spec, so they are checked always.
+    findings, check_notes = half_state_findings(netns, spec)
+    problems = [f for f in findings if f.is_problem]
+    # Critical ones (a blackholed pod, TPROXY without routing) are never "in sync"; warnings are
+    # listed (healthy: false) and left to doctor's verdict.
+    broken = [f for f in problems if f.severity == "critical"]
     if ns.json:
-        sys.stdout.write(json.dumps({"namespace": netns.label, **st.to_dict()}, sort_keys=True) + "\n")
+        doc = {"namespace": netns.label, **st.to_dict(), "findings": [f.to_dict() for f in findings],
+               "healthy": not problems}
+        doc["in_sync"] = doc["in_sync"] and not broken
+        doc["notes"] = [*doc["notes"], *check_notes]
+        sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
     else:
         sys.stdout.write(f"namespace:      {netns.label}\n")
         sys.stdout.write(f"backend:        {', '.join(st.backends) or 'none (no Istio rules)'}\n")
@@ -40,7 +53,11 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(f"::6 on lo:      {'present' if st.passthrough_v6 else 'absent'}\n")
         for line in (*st.notes, *st.drift):
             sys.stdout.write(f"  {line}\n")
-    return 1 if st.drift else 0
+        for f in findings:
+            sys.stdout.write(f"[{f.severity}] {f.kind}: {f.summary}\n")
+            sys.stdout.writelines(f"    evidence: {e}\n" for e in f.evidence)
+        sys.stdout.writelines(f"note: {n}\n" for n in check_notes)
+    return 1 if st.drift or broken else 0
 
 
 @click.command("status", context_settings=PASS_THROUGH, add_help_option=False)
