@@ -73,6 +73,13 @@ class CniOutcome:
         return json.loads(self.stdout)
 
 
+def pod_cidr(pod: Pod) -> str:
+    """The pod's address as a main plugin's result lists it (a stand-in before the bridge gave one)."""
+    if not pod.ip4:
+        return "10.255.255.2/32"
+    return f"{pod.ip4}/64" if ":" in pod.ip4 else f"{pod.ip4}/24"
+
+
 @dataclass
 class Pod:
     name: str  # namespace name
@@ -181,7 +188,8 @@ class CniNode:
         return self.run("del", pod, annotations)
 
     def plugin_only(self, command: str, pod: Pod, annotations: Mapping[str, str] | None = None,
-                    prev: Mapping[str, Any] | None = None, python_flags: Sequence[str] = ()) -> CniOutcome:
+                    prev: Mapping[str, Any] | None = None, python_flags: Sequence[str] = (),
+                    netns: str | None = None) -> CniOutcome:
         """Exec meshnet-cni alone, exactly as libcni would (config on stdin, CNI_* env), to see its
         raw stdout: the result or the error object with its code (libcni keeps only the message)."""
         conf = json.loads(self.conflist.read_text())
@@ -190,8 +198,9 @@ class CniNode:
         if annotations is not None:
             entry["runtimeConfig"] = {"io.kubernetes.cri.pod-annotations": dict(annotations)}
         if prev is not None:
-            entry["prevResult"] = dict(prev)
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.path,
+            entry["prevResult"] = {"ips": [{"address": pod_cidr(pod)}], **prev}  # a chained ADD needs the ips
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id,
+               "CNI_NETNS": pod.path if netns is None else netns,
                "CNI_IFNAME": "eth0", "CNI_ARGS": pod.cni_args(), "CNI_PATH": self.env()["CNI_PATH"],
                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}

@@ -33,6 +33,8 @@ from cni_helpers import (
 from golden_cases import CNI_CASES, golden_path
 from topology import connect, is_root, start_server
 
+from meshnet.netns import Netns
+
 pytestmark = pytest.mark.netns
 
 ANN_CAPTURE_DNS = {"proxy.istio.io/config": '{"proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "true"}}'}
@@ -89,11 +91,55 @@ def test_add_is_idempotent(node: CniNode) -> None:
     pod = node.new_pod("web")
     assert node.add(pod, SIDECAR).ok
     rules = nat_rules(pod.ns)
-    again = node.plugin_only("ADD", pod, SIDECAR, prev={"cniVersion": "1.0.0", "ips": []})
+    prev = {"cniVersion": "1.0.0", "ips": [{"address": f"{pod.ip4}/24"}]}
+    again = node.plugin_only("ADD", pod, SIDECAR, prev=prev)
     assert again.ok, again.stdout
-    assert again.result() == {"cniVersion": "1.0.0", "ips": []}
+    assert again.result() == prev
     assert nat_rules(pod.ns) == rules  # nothing duplicated
     assert log_records(node)[-1]["changed"] is False
+
+
+def _everything(ns: Netns) -> str:
+    """All a plugin could change in a namespace: both families' rules, nft, policy routing."""
+    cmds = (["iptables-nft-save"], ["ip6tables-nft-save"], ["nft", "list", "ruleset"], ["ip", "rule"],
+            ["ip", "-6", "rule"], ["ip", "route", "show", "table", "all"], ["ip", "-6", "addr"])
+    return "\n".join(line for c in cmds for line in ns.run(c).stdout.splitlines() if not line.startswith("#"))
+
+
+@pytest.mark.parametrize(("netns", "code", "words"), [
+    ("{node}", 4, "plugin's own network namespace"),  # the node's namespace, by its /run/netns path
+    ("/proc/self/ns/net", 4, "plugin's own network namespace"),
+    ("{pod_name}", 4, "not an absolute path"),  # a bare name is not looked up in /run/netns
+    ("/proc/self/ns/mnt", 4, "not a network namespace"),
+    ("/etc/hostname", 4, "not a namespace file"),
+    ("/run/netns/mn-no-such-pod", 3, "does not exist"),
+])
+def test_add_refuses_a_cni_netns_that_is_not_a_pods(node: CniNode, netns: str, code: int, words: str) -> None:
+    pod = node.new_pod("own")
+    before = _everything(node.node), _everything(pod.ns)
+    path = netns.format(node=node.node.path, pod_name=pod.name)
+    raw = node.plugin_only("ADD", pod, SIDECAR, prev={"cniVersion": "1.0.0"}, netns=path)
+    err = json.loads(raw.stdout)
+    assert raw.returncode == 1 and err["code"] == code and words in err["msg"], err
+    # DEL: the plugin's own namespace and a bare name are refused too; a namespace that is gone or
+    # a path that is no network namespace has nothing of ours to remove: success (the spec).
+    out = node.plugin_only("DEL", pod, SIDECAR, netns=path)
+    if "own" in words or "absolute" in words:
+        assert out.returncode == 1 and json.loads(out.stdout)["code"] == code, out
+    else:
+        assert out.ok and out.stdout.strip() == "", out
+    assert (_everything(node.node), _everything(pod.ns)) == before  # nothing applied anywhere
+
+
+def test_add_needs_a_prev_result_with_ips(node: CniNode) -> None:
+    pod = node.new_pod("noprev")
+    before = _everything(pod.ns)
+    for prev in (None, {"cniVersion": "1.0.0"}, {"cniVersion": "1.0.0", "ips": []}):
+        raw = node.plugin_only("ADD", pod, SIDECAR) if prev is None else \
+            node.plugin_only("ADD", pod, SIDECAR, prev={**prev, "ips": prev.get("ips", "missing")})
+        err = json.loads(raw.stdout)
+        assert raw.returncode == 1 and err["code"] == 7 and "prevResult" in err["msg"], err
+    assert _everything(pod.ns) == before
 
 
 def test_del_succeeds_when_the_namespace_is_gone(node: CniNode) -> None:
