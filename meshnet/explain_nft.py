@@ -76,6 +76,9 @@ def _match(tok: str, c: _Ctx) -> bool:
         return _cmp(neg, p.state.lower() in value.split(","))
     if head == "mark" or head == "ct" and words[1] == "mark":
         have = c.mark if head == "mark" else c.ctmark
+        if "&" in words:  # ambient's masked form, as parsed: `mark & 0xfff [!=] 1337`
+            mask = int(words[words.index("&") + 1], 0)
+            return _cmp(neg, have & mask == int(words[-1], 0))
         return _cmp(neg, have == int(value, 0))
     raise Uncertain(f"nft expression {tok!r} is not evaluated")
 
@@ -160,6 +163,9 @@ def _run_rule(rule: NftRule, c: _Ctx, chain: str) -> tuple[str, object] | None:
                 c.tproxy = tproxy_verdict(chain, c.tproxy.port or 0, f"{c.mark:#x}", c.p)
         elif tok == "ct mark set mark":
             c.ctmark = c.mark
+        elif tok.startswith("ct mark set ct mark & "):  # ambient: ct mark = (ct mark & M) | B
+            mask, bits = int(words[6], 0), int(words[8], 0)
+            c.ctmark = (c.ctmark & mask) | bits
         elif tok.startswith("ct zone set "):
             c.notes.append(f"conntrack zone {words[-1]} is set for this connection")
         elif not _match(tok, c):

@@ -95,7 +95,14 @@ def read_nft(netns: Netns, errors: list[str]) -> NftRuleset | None:
         errors.append(f"[{netns.label}] nft -j list ruleset: {cp.stderr.strip() or cp.returncode}")
         return None
     try:
-        return parse_nft_json(cp.stdout)
+        rs = parse_nft_json(cp.stdout)
+        if rs.empty:  # an ambient pod: istio-cni's `istio-ambient-*` tables instead
+            from meshnet.nft_model import AMBIENT_PREFIX
+
+            ambient = parse_nft_json(cp.stdout, AMBIENT_PREFIX)
+            if not ambient.empty:
+                return ambient
+        return rs
     except MeshnetError as exc:
         errors.append(str(exc))
         return None

@@ -99,7 +99,7 @@ def rule_from_exprs(table: str, chain: str, exprs: list[dict[str, Any]]) -> NftR
     else:
         matches = tuple(to_text(e) for e in exprs if "match" in e)
         action = tuple(to_text(e) for e in exprs if "match" not in e)
-    return NftRule(table, chain, matches, action, _family(matches))
+    return NftRule(table, chain, matches, action, _family(matches), idx is not None)
 
 
 def _family(matches: tuple[str, ...]) -> int | None:
