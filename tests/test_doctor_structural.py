@@ -206,3 +206,25 @@ def test_healthy_pods_on_every_backend(topo: Topology, quiet_host: Netns, backen
     assert report.problems == [], "\n".join(report.lines())
     # and no probe was left undecided (an uncertain verdict would hide a broken capture)
     assert not [n for n in report.notes if "uncertain" in n], report.notes
+
+
+@pytest.mark.parametrize("flags", [("-i", "", "-q", "7070"), ("-i", "10.0.0.0/8"), ("-b", "8080,9090"),
+                                   ("-x", "10.96.0.0/12"), ("-o", "80,443"), ("-d", "15090,15021,15020,7777"),
+                                   ("--redirect-dns",)], ids=lambda f: " ".join(f))
+def test_healthy_variants_give_nothing(topo: Topology, quiet_host: Netns, flags: tuple[str, ...]) -> None:
+    """The intent follows the flags' shapes: included/excluded ports and CIDRs, DNS to an IPv4-only
+    nameserver on a dual-stack pod (nothing to capture on IPv6)."""
+    servers = resolv_conf_servers(topo.peer_ip4)
+    build(topo, istio_spec(*flags, dns_servers=servers))
+    report = diagnose(topo.pod, None, quiet_host)
+    assert report.problems == [], "\n".join(report.lines())
+
+
+def test_outbound_capture_off_looks_like_a_deleted_catch_all(topo: Topology, quiet_host: Netns) -> None:
+    """`-i ''` renders exactly the rules the deleted catch-all leaves: the finding says so, and with
+    the pod's spec doctor checks against that instead."""
+    build(topo, istio_spec("-i", ""))
+    got = findings(topo, quiet_host)
+    assert set(got) == {"outbound-not-captured"}
+    assert any("includeOutboundIPRanges" in line for line in got["outbound-not-captured"])
+    assert diagnose(topo.pod, istio_spec("-i", ""), quiet_host).problems == []

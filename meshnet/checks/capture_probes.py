@@ -94,15 +94,21 @@ def _free_port(start: int, avoid: set[int]) -> int:
     return p
 
 
-def probes(intent: Intent, fam: int, pod: PodAddr) -> list[Probe]:
+def probes(intent: Intent, fam: int, pod: PodAddr, dns_limited: bool = False, cidr_limited: bool = False) \
+        -> list[Probe]:
+    """`dns_limited`: some family's DNS rules name their servers (captureAllDNS off);
+    `cidr_limited`: some family's outbound capture is limited to CIDRs (includeOutboundIPRanges)."""
     from meshnet.explain_packet import Packet
 
     out: list[Probe] = []
     app = _free_port(APP_ID, intent.proxy_uids | intent.proxy_gids)
     peer = ipaddress.ip_address(PEER[fam])
-    if intent.outbound_port is not None:
+    own_cidrs = [n for n in (_net(c) for c in intent.outbound_included_cidrs) if n and n.version == fam]
+    # includeOutboundIPRanges of the other family only: this family is not captured on purpose.
+    if intent.outbound_port is not None and (own_cidrs or not cidr_limited):
         dst = _pick_cluster(intent, fam)
-        dport = _free_port(80, intent.outbound_excluded_ports)
+        dport = min(intent.outbound_included_ports) if intent.outbound_included_ports and \
+            not intent.outbound_included_cidrs else _free_port(80, intent.outbound_excluded_ports)
         out.append(Probe("outbound from an app uid", Packet("tcp", pod.addr, 40000, dst, dport, "out", uid=app,
                                                             gid=app, oif=pod.iface),
                          "capture", intent.outbound_port, "outbound-not-captured"))
@@ -123,8 +129,9 @@ def probes(intent: Intent, fam: int, pod: PodAddr) -> list[Probe]:
             out.append(Probe(f"inbound to bypassed port {port}",
                              Packet("tcp", peer, 50001, pod.addr, port, "in", iif=pod.iface),
                              "bypass", None, "bypass-captured"))
-    if intent.dns_capture:
-        servers = [s for s in (_net(d) for d in intent.dns_servers) if s and s.version == fam]
+    servers = [s for s in (_net(d) for d in intent.dns_servers) if s and s.version == fam]
+    # DNS capture limited to the pod's nameservers: a family without one has nothing to capture.
+    if intent.dns_capture and (servers or not dns_limited):
         server = servers[0][0] if servers else ipaddress.ip_address(DNS_SERVER[fam])
         for proto in ("udp", "tcp"):
             out.append(Probe(f"DNS over {proto.upper()} from an app uid",
@@ -202,8 +209,13 @@ def cause(kind: str, intent: Intent, rules: list[NRule]) -> str:
                                                else f"-j {name(capture)}")
         if nft and base == "prerouting":
             rule = f"meta l4proto tcp jump {capture}"
-        return (f"the catch-all {name(entry)} -> {name(capture)} rule is gone: append it again as the chain's "
-                f"last rule (`{_show(intent.backend, table, entry, rule)}`)")
+        fix = (f"the catch-all {name(entry)} -> {name(capture)} rule is gone: append it again as the chain's "
+               f"last rule (`{_show(intent.backend, table, entry, rule)}`)")
+        if kind == "outbound-not-captured" and not intent.outbound_included_ports:
+            fix += (". These rules are also what Istio renders for includeOutboundIPRanges \"\" (-i ''): if that is "
+                    "the pod's setting, outbound capture is off on purpose; run doctor with the pod's spec to check "
+                    "against it")
+        return fix
     if not any(r.action == action for r in in_chain[capture]):
         return f"{name(capture)} has no {action.upper()} rule: re-apply the pod's rules"
     return "the path shows the rule that ends the walk before the capture: re-apply the pod's rules"
@@ -231,14 +243,17 @@ def run(ctx: Context) -> list[Finding]:
         return []  # with a spec, drift names every missing rule exactly
     addrs = pod_addresses(ctx.netns)
     found: dict[str, Finding] = {}
-    for (backend, fam), (intent, rules) in intents(ctx.live).items():
+    table = intents(ctx.live)
+    dns_limited = any(it.dns_servers for it, _ in table.values())
+    cidr_limited = any(it.outbound_included_cidrs for it, _ in table.values())
+    for (backend, fam), (intent, rules) in table.items():
         pod = addrs.get(fam)
         if pod is None:
             continue  # the pod has no address of this family: nothing to probe
         if fam == 6 and backend == NFTABLES and not any(k in ("dst", "src") and ":" in v for r in rules
                                                         for k, v, _ in r.matches):
             continue
-        for probe in probes(intent, fam, pod):
+        for probe in probes(intent, fam, pod, dns_limited, cidr_limited):
             ex = _explain(ctx, backend, probe.packet)
             ok = verdict_ok(probe, ex)
             if ok is None:

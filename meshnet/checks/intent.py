@@ -53,6 +53,7 @@ class Intent:
     outbound_excluded_ports: set[int] = field(default_factory=set)
     outbound_excluded_cidrs: list[str] = field(default_factory=list)
     outbound_included_cidrs: list[str] = field(default_factory=list)  # empty: every address
+    outbound_included_ports: set[int] = field(default_factory=set)  # -q: only these ports (with no CIDR)
     dns_capture: bool = False
     dns_servers: list[str] = field(default_factory=list)
 
@@ -73,6 +74,8 @@ class Intent:
             extra.append(f"outbound excluded {','.join(self.outbound_excluded_cidrs)}")
         if self.outbound_included_cidrs:
             extra.append(f"outbound only {','.join(self.outbound_included_cidrs)}")
+        if self.outbound_included_ports:
+            extra.append(f"outbound ports {ids(self.outbound_included_ports)}")
         extra.append("DNS capture on" + (f" ({','.join(self.dns_servers)})" if self.dns_servers else "")
                      if self.dns_capture else "DNS capture off")
         return [*out, "; ".join(extra)]
@@ -188,6 +191,8 @@ def infer(rules: list[NRule], backend: str) -> Intent:
                                                if not d.startswith(("127.", "::1"))]
         if r.action == "jump" and r.arg == "istio-redirect" and plain:
             it.outbound_included_cidrs += r.has("dst", False)
+            if not r.has("dst") and not r.has("uid") and not r.has("gid"):
+                it.outbound_included_ports |= {int(p) for v in r.has("dport", False) for p in _ports(v)}
     jumps = {r.arg for r in rules if r.action == "jump"}
     if any(r.table == "nat" and r.action == "jump" and r.arg == "istio-output-dns" for r in rules):
         it.dns_capture = True  # the chain is there even if its REDIRECTs are gone
