@@ -148,7 +148,11 @@ fam, proto, src, sport, dst, dport = sys.argv[1:7]
 af = socket.AF_INET if fam == "4" else socket.AF_INET6
 s = socket.socket(af, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((src, int(sport)))
+try:
+    s.bind((src, int(sport)))
+except OSError as e:
+    print("bind-error", e.strerror)
+    sys.exit(0)
 s.settimeout(0.7)
 try:
     if proto == "tcp":
@@ -162,10 +166,6 @@ except OSError as e:
 
 
 def send_out(netns: Netns, p: Packet) -> str:
-    from meshnet.addresses import local_addresses
-
-    if p.src not in local_addresses(netns):
-        raise UsageError(f"the source {p.src} of an `out` packet must be one of the pod's addresses")
     argv = [sys.executable, "-I", "-S", "-c", _OUT_SCRIPT, str(p.family), p.proto, str(p.src), str(p.sport),
             str(p.dst), str(p.dport)]
     if p.uid not in (None, 0) or p.gid not in (None, 0):
@@ -173,7 +173,11 @@ def send_out(netns: Netns, p: Packet) -> str:
         gid = p.gid if p.gid is not None else uid
         argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
     cp = netns.run(argv, check=False, timeout=10)
-    return (cp.stdout.strip() or cp.stderr.strip()).splitlines()[-1] if (cp.stdout or cp.stderr) else ""
+    said = (cp.stdout.strip() or cp.stderr.strip()).splitlines()[-1] if (cp.stdout or cp.stderr) else ""
+    if said.startswith("bind-error"):
+        raise UsageError(f"cannot send from {p.src}:{p.sport} in the pod ({said.removeprefix('bind-error ')}): "
+                         "the source of an `out` packet must be one of the pod's addresses")
+    return said
 
 
 def _csum(data: bytes) -> int:

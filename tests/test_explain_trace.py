@@ -92,6 +92,23 @@ def test_inbound_and_excluded_port(lab: Lab, fam: int) -> None:
     expect(connect(lab.peer, pod, EXCLUDED_INBOUND_PORT), "app", lab=lab)
 
 
+def test_loopback_passthrough_and_proxy_to_own_ip(lab: Lab) -> None:
+    """Over lo: Envoy's passthrough from 127.0.0.6 reaches the app; uid 1337 to the pod IP goes to 15006."""
+    lab.apply(istio_spec())
+    pod = lab.ip("pod")
+    traced(lab, f"tcp 127.0.0.6:47000 -> {pod}:{APP_PORT} out uid={PROXY_UID}", "pass")
+    expect(connect(lab.pod, pod, APP_PORT, uid=PROXY_UID, src_ip="127.0.0.6"), "app", port=APP_PORT, lab=lab)
+    traced(lab, f"tcp {pod}:47001 -> {pod}:{APP_PORT} out uid={PROXY_UID}", "redirect", INBOUND_PORT)
+    expect(connect(lab.pod, pod, APP_PORT, uid=PROXY_UID), "proxy", port=INBOUND_PORT, lab=lab)
+
+
+def test_source_not_in_the_pod_is_one_line(lab: Lab) -> None:
+    lab.apply(istio_spec())
+    cp = _cli("--trace", f"tcp 10.9.9.9:47002 -> {lab.ip('peer')}:80 out uid=1000", "--netns", lab.pod.path)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "must be one of the pod's addresses" in cp.stderr
+    assert "meshnet-trace" not in lab.pod.run(["nft", "list", "tables"]).stdout
+
+
 @pytest.mark.parametrize("fam", [4, 6])
 def test_tproxy_inbound(lab: Lab, fam: int) -> None:
     lab.apply(istio_spec("-m", "TPROXY"))
