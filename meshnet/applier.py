@@ -369,7 +369,7 @@ def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables
 
     If re-applying fails, the tables are put back exactly as they were saved (with counters).
     """
-    from meshnet.backends.xt_cleanup import plan_removal
+    from meshnet.backends.xt_cleanup import istio_marks, plan_removal
     from meshnet.parse.iptables_save import parse_save
 
     guarded: list[Family] = []
@@ -378,10 +378,11 @@ def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables
             xt.restore(netns, fam, _guardrail_text("-I"))
             guarded.append(fam)
         cleaned: dict[Family, str] = {}
+        marks = istio_marks(before.values())
         for fam in plan.families():
-            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam).restore_text())
+            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam, marks=marks).restore_text())
             cleaned[fam] = xt.save(netns, fam)
-        routing.remove_all_tproxy(netns)
+        routing.remove_all_tproxy(netns, marks, [(spec.tproxy_mark, spec.tproxy_route_table)])
         try:
             _write_xtables(netns, spec, plan, xt, name, cleaned)
         except BaseException:
@@ -431,7 +432,9 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
             raise _drift_error(netns, NFTABLES, drift, force)
         # Old tables out and new ones in, in the same transaction: no window to guard.
         text = nftables.cleanup_text(present) + text
-        routing.remove_all_tproxy(netns)
+        routing.remove_all_tproxy(netns, routing.nft_marks(a for rs in present.chains.values() for r in rs
+                                                           for a in r.action),
+                                  [(spec.tproxy_mark, spec.tproxy_route_table)])
     changes = routing.Changes()
     try:
         changes = _ensure_routing(netns, spec)
@@ -444,21 +447,25 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
 
 
 # ------------------------------------------------------------------------------------ cleanup
-def cleanup(netns: Netns, *, backend: str = "all") -> CleanupResult:
-    """Remove everything meshnet or Istio installed, whatever the config was (under the writer lock)."""
+def cleanup(netns: Netns, *, backend: str = "all", spec: Spec | None = None) -> CleanupResult:
+    """Remove everything meshnet or Istio installed, whatever the config was, and only that (under the
+    writer lock). TPROXY routing goes only in Istio's shape, with the mark read from the live Istio
+    rules (or the pair of `spec`, or Istio's defaults).
+    """
     if backend != "all" and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: expected all, {', '.join(BACKENDS)}")
     with nslock.locked(netns):
-        return _cleanup_locked(netns, backend)
+        return _cleanup_locked(netns, backend, spec)
 
 
-def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
-    from meshnet.backends.xt_cleanup import plan_removal
+def _cleanup_locked(netns: Netns, backend: str, spec: Spec | None = None) -> CleanupResult:
+    from meshnet.backends.xt_cleanup import istio_marks, plan_removal
 
     wanted = set(BACKENDS) if backend == "all" else {backend}
     cleaned: list[str] = []
     removed: list[str] = []
     variants = []
+    marks: set[int] = {spec.tproxy_mark} if spec is not None else set()
     if wanted & {LEGACY, IPTC}:
         variants.append(Xtables("legacy"))
     if NFT in wanted:
@@ -469,7 +476,9 @@ def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
         for fam in (4, 6):
             if xt.variant == "legacy" and not legacy_tables(netns, fam):
                 continue
-            removal = plan_removal(xt.save(netns, fam), fam)
+            text = xt.save(netns, fam)
+            marks |= istio_marks([text])
+            removal = plan_removal(text, fam, marks=marks)
             if removal.empty:
                 continue
             _remove(netns, xt, fam, removal, prune={t: None for t in removal.tables()})
@@ -485,6 +494,9 @@ def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
         for prefix in (TABLE_PREFIX, AMBIENT_PREFIX):  # sidecar's and ambient mode's tables
             present = nftables.live(netns, prefix)
             if not present.empty:
+                if prefix == TABLE_PREFIX:
+                    marks |= routing.nft_marks(a for rules in present.chains.values() for r in rules
+                                               for a in r.action)
                 text = nftables.cleanup_text(present, prefix)
                 nftables.transaction(netns, text)
                 removed += [line for line in text.splitlines() if line.startswith("delete")]
@@ -495,7 +507,8 @@ def _cleanup_locked(netns: Netns, backend: str) -> CleanupResult:
             from meshnet.ambient.routing import remove_all as remove_ambient_routing
 
             removed += remove_ambient_routing(netns)
-        n = routing.remove_all_tproxy(netns)
+        pairs = [(spec.tproxy_mark, spec.tproxy_route_table)] if spec is not None else []
+        n = routing.remove_all_tproxy(netns, marks, pairs)
         removed += [f"ip rule fwmark ... lookup (TPROXY) x{n}"] if n else []
         if routing.del_passthrough_v6(netns):
             removed.append("ip -6 addr del ::6/128 dev lo")

@@ -3,7 +3,7 @@
 Netfilter's order for the hooks Istio uses: a locally generated packet passes raw, mangle, nat
 OUTPUT; an arriving one raw, mangle, nat PREROUTING. nat only sees a connection's first packet.
 Each rule's matches are evaluated as three-valued logic: a match this module does not model
-(`unsupported:*`, an unknown uid) makes the walk stop with an *uncertain* verdict rather than a
+(an opaque part of a foreign rule, an unknown uid) makes the walk stop with an *uncertain* verdict rather than a
 guess. Native nftables rules are walked by `explain_nft` with the same result types.
 """
 
@@ -15,7 +15,7 @@ import pwd
 from typing import TYPE_CHECKING
 
 from meshnet.explain_packet import Packet, owner_defaults
-from meshnet.model import Match, Rule, RuleSet
+from meshnet.model import COMMENT, OPAQUE, Match, Rule, RuleSet
 from meshnet.records import dataclass, field, replace
 
 if TYPE_CHECKING:
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from meshnet.netns import Netns
 
 TABLES = ("raw", "mangle", "nat")
+# Non-terminating targets that only log, count, queue a copy or rewrite header fields netfilter's
+# path here does not depend on: the walk goes on after them whatever their options.
+PATH_NEUTRAL = frozenset({"LOG", "NFLOG", "ULOG", "AUDIT", "TRACE", "TCPMSS", "TCPOPTSTRIP", "CHECKSUM",
+                          "CLASSIFY", "DSCP", "TOS", "ECN", "TTL", "HL", "IDLETIMER", "LED", "SECMARK",
+                          "CONNSECMARK", "SET", "RATEEST"})
 MAX_DEPTH = 32  # chains calling chains; deeper means a loop the kernel would have refused
 
 
@@ -158,8 +163,10 @@ class _PacketState:
 
 
 def _match(m: Match, p: Packet, chain_hook: str) -> bool:
-    if m.kind.startswith("unsupported:"):
-        raise Uncertain(f"unsupported match {m.kind.removeprefix('unsupported:')} {m.value!r}")
+    if m.kind == OPAQUE:
+        raise Uncertain(f"match {m.value!r} is not evaluated")
+    if m.kind in (COMMENT, "module"):  # a comment, a bare `-m tcp`: never change what matches
+        return True
     result: bool
     if m.kind == "proto":
         result = m.value in (p.proto, "all", {"tcp": "6", "udp": "17"}[p.proto])
@@ -188,13 +195,28 @@ def _match(m: Match, p: Packet, chain_hook: str) -> bool:
 
 
 def _rule_matches(rule: Rule, p: Packet, hook: str, cur: _PacketState) -> bool:
+    """Three-valued: a known part that does not match decides (False) before an unknown one
+    (opaque, or a socket owner the packet lacks) makes the rule Uncertain."""
     live = replace(p, mark=cur.mark, ctmark=cur.ctmark)
-    return all(_match(m, live, hook) for m in rule.matches)
+    unknown: Uncertain | None = None
+    for m in rule.matches:
+        try:
+            if not _match(m, live, hook):
+                return False
+        except Uncertain as exc:
+            unknown = unknown or exc
+    if unknown is not None:
+        raise unknown
+    return True
 
 
 def _walk_table(rs: RuleSet, table: str, p: Packet, cur: _PacketState, ex: Explanation) -> Verdict | None:
     """Walk one table's builtin chain. Returns a final verdict, or None to continue to the next table."""
     hook = hook_of(p)
+    if table in rs.unreadable:
+        ex.paths.append(f"{table} {hook} -> UNCERTAIN (iptables-nft-save cannot show this table)")
+        return Verdict("uncertain", f"uncertain: the {table} table holds nft rules iptables-nft-save cannot show "
+                                    "(use nft list ruleset)")
     t = rs.tables.get(table)
     if t is None or hook not in t.chains:
         return None
@@ -224,10 +246,20 @@ def _walk_table(rs: RuleSet, table: str, p: Packet, cur: _PacketState, ex: Expla
             target = rule.target
             name = target.name
             if target.is_jump_to_chain:
+                if name not in t.chains:
+                    raise Uncertain(f"target {name} is not evaluated")
+                if target.goto:  # -g: the new chain's end or RETURN goes back to our caller
+                    chain, i = name, 0
+                    continue
                 if len(stack) >= MAX_DEPTH:
                     raise Uncertain("chain nesting too deep")
                 stack.append((chain, i))
                 chain, i = name, 0
+            elif target.opaque and name not in PATH_NEUTRAL and name != "REJECT":
+                raise Uncertain(f"target {name} {target.opaque} is not evaluated")
+            elif name in PATH_NEUTRAL:
+                hops.append(f"{name} (does not change where the packet goes)")
+                continue
             elif name == "RETURN":
                 if not stack:
                     policy = t.chains[hook].policy or "ACCEPT"
@@ -237,7 +269,7 @@ def _walk_table(rs: RuleSet, table: str, p: Packet, cur: _PacketState, ex: Expla
             elif name == "ACCEPT":
                 hops.append("ACCEPT")
                 return None
-            elif name in ("DROP", "REJECT"):
+            elif name in ("DROP", "REJECT"):  # REJECT's --reject-with does not change the verdict
                 hops.append(name)
                 return Verdict("drop", f"{name} in {table} {chain}")
             elif name == "REDIRECT":
@@ -263,7 +295,7 @@ def _walk_table(rs: RuleSet, table: str, p: Packet, cur: _PacketState, ex: Expla
             elif name == "CT":
                 hops.append(f"CT zone set {_arg(target.args, '--zone')}")
                 ex.notes.append(f"conntrack zone {_arg(target.args, '--zone')} is set for this connection")
-            elif name in ("LOG", ""):
+            elif name == "":
                 continue
             else:
                 raise Uncertain(f"target {name} is not evaluated")

@@ -20,9 +20,13 @@ else:
     Family = int
 BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
 BUILTIN_TARGETS = frozenset({"ACCEPT", "RETURN", "DROP", "REJECT"}) | BUILTIN_CHAINS
-EXTENSION_TARGETS = frozenset(
-    {"REDIRECT", "TPROXY", "MARK", "CONNMARK", "CT", "DNAT", "SNAT", "MASQUERADE", "LOG", "NOTRACK"}
-)
+# Every target iptables-extensions(8) lists: a `-j NAME` with one of these names is not a chain jump.
+EXTENSION_TARGETS = frozenset({
+    "AUDIT", "CHECKSUM", "CLASSIFY", "CLUSTERIP", "CONNMARK", "CONNSECMARK", "CT", "DNAT", "DNPT", "DSCP", "ECN",
+    "HL", "HMARK", "IDLETIMER", "LED", "LOG", "MARK", "MASQUERADE", "MIRROR", "NETMAP", "NFLOG", "NFQUEUE",
+    "NOTRACK", "RATEEST", "REDIRECT", "SAME", "SECMARK", "SET", "SNAT", "SNPT", "SYNPROXY", "TCPMSS",
+    "TCPOPTSTRIP", "TEE", "TOS", "TPROXY", "TRACE", "TTL", "ULOG",
+})
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")  # Istio emits restore tables sorted by name
 
 # Match kinds and how they are written in iptables-restore syntax (Istio's spelling).
@@ -30,6 +34,9 @@ MATCH_KINDS = (
     "proto", "src", "dst", "in", "out", "dport", "sport", "dports", "uid", "gid", "ctstate", "mark", "connmark",
     "module", "socket_exists", "set",
 )
+# Parts of live rules meshnet does not model, kept as the exact text iptables-save printed:
+# OPAQUE is a match (or core option) whose effect is unknown; COMMENT never changes what matches.
+OPAQUE, COMMENT = "opaque", "comment"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class Match:
     negated: bool = False
 
     def tokens(self) -> list[str]:
+        if self.kind in (OPAQUE, COMMENT):
+            return [self.value]  # verbatim text, quoting and `!` included
         neg = ["!"] if self.negated else []
         simple = {"proto": "-p", "src": "-s", "dst": "-d", "in": "-i", "out": "-o",
                   "dport": "--dport", "sport": "--sport"}
@@ -105,18 +114,23 @@ class Target:
     """A jump (`name` is a chain or ACCEPT/RETURN/DROP, no args) or an extension target with args.
 
     Args are kept in Istio's spelling (e.g. ('--to-ports', '15001')); parsers of iptables-save
-    output normalise the kernel's spelling back to this form.
+    output normalise the kernel's spelling back to this form. Options the parser does not model
+    are kept in `opaque`, verbatim as iptables-save printed them (then `args` is empty).
+    `goto` is `-g CHAIN`: a RETURN in that chain goes back past the rule that went there.
     """
 
     name: str
     args: tuple[str, ...] = ()
+    opaque: str = ""
+    goto: bool = False
 
     @property
     def is_jump_to_chain(self) -> bool:
-        return not self.args and self.name not in BUILTIN_TARGETS and self.name not in EXTENSION_TARGETS
+        return not self.args and not self.opaque and self.name not in BUILTIN_TARGETS \
+            and self.name not in EXTENSION_TARGETS
 
     def tokens(self) -> list[str]:
-        return ["-j", self.name, *self.args]
+        return ["-g" if self.goto else "-j", self.name, *self.args, *([self.opaque] if self.opaque else [])]
 
     def canonical(self) -> Target:
         # Istio writes `--to-port` for the UDP DNS redirect; the kernel prints `--to-ports`.
@@ -147,10 +161,19 @@ class Rule:
         return " ".join(self.spec_tokens())
 
     def key(self) -> tuple[str, str, frozenset[Match], Target]:
-        """Identity for comparison: match order inside one rule does not change its meaning."""
+        """Identity for comparison: match order inside one rule does not change its meaning.
+
+        Opaque parts and comments compare verbatim, as the kernel printed them.
+        """
         # A bare `-m tcp` adds nothing to `-p tcp`; the kernel prints it wherever a port is matched.
         matches = frozenset(m.canonical() for m in self.matches if m.kind != "module")
         return (self.table, self.chain, matches, self.target.canonical())
+
+    @property
+    def opaque_parts(self) -> list[str]:
+        """The text of every part meshnet does not model (matches, then target options)."""
+        parts = [m.value for m in self.matches if m.kind == OPAQUE]
+        return parts + ([f"{self.target.name} {self.target.opaque}"] if self.target.opaque else [])
 
     def __str__(self) -> str:
         return f"-A {self.chain} {self.spec_text()}"
@@ -197,6 +220,8 @@ class RuleSet:
 
     family: Family
     tables: dict[str, Table] = field(default_factory=dict)
+    # Tables iptables-nft-save could not show ("incompatible": nft rules it cannot print): unknown.
+    unreadable: set[str] = field(default_factory=set)
 
     def table(self, name: str) -> Table:
         if name not in self.tables:

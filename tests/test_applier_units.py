@@ -48,8 +48,13 @@ def test_config_independent_removal_by_position_highest_first() -> None:
     assert text.splitlines()[:6] == ["*nat", "-D OUTPUT 3", "-D OUTPUT 1", "-D PREROUTING 2",
                                      "-F ISTIO_OUTPUT", "-X ISTIO_OUTPUT"]
     assert "USER" not in text and "-D OUTPUT 2" not in text  # the dport 9999 rule stays
-    mangle = text.split("*mangle\n", 1)[1]
-    assert mangle.splitlines()[:2] == ["-D OUTPUT 1", "-D PREROUTING 1"]  # the 0x7/0x8 MARK rule stays
+    # mangle holds no ISTIO chain: its TPROXY-shaped rules are look-alikes and stay (issue 10).
+    assert "*mangle" not in text
+    with_istio = SAVE.replace("*mangle\n", "*mangle\n:ISTIO_DIVERT - [0:0]\n").rstrip().removesuffix("COMMIT") \
+        + "[0:0] -A ISTIO_DIVERT -j MARK --set-xmark 0x539/0xffffffff\nCOMMIT\n"
+    mangle = plan_removal(with_istio, 4).restore_text().split("*mangle\n", 1)[1]
+    # Beside Istio's chain, with Istio's mark: both go; the 0x7/0x8 MARK rule stays.
+    assert mangle.splitlines()[:3] == ["-D OUTPUT 1", "-D PREROUTING 1", "-F ISTIO_DIVERT"]
 
 
 def test_rollback_removal_takes_only_the_added_copies() -> None:

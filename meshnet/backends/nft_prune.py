@@ -3,7 +3,8 @@
 iptables-nft creates a table and its base chains on first use and never deletes them, so after a
 rollback or cleanup `nft list ruleset` would still show an empty `table ip nat`. An empty base
 chain with an accept policy filters nothing, so deleting it restores the previous ruleset text
-without changing what any packet sees. Only chains/tables this run touched are considered.
+without changing what any packet sees. Only chains/tables this run touched are considered, and
+only base chains with iptables' builtin names (a chain someone created with nft is not ours).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from meshnet.model import Family
+from meshnet.model import BUILTIN_CHAINS, Family
 from meshnet.netns import Netns, NetnsError
 
 _FAMILY = {4: "ip", 6: "ip6"}
@@ -49,9 +50,10 @@ def _prune_cmds(fam: str, table: str, items: Iterable[dict[str, dict[str, object
             rule_count[name] = rule_count.get(name, 0) + 1
         elif "set" in item or "map" in item or "flowtable" in item or "obj" in item:
             other = True
+    # Only iptables-nft's own base chains (builtin names): an empty chain someone made with nft stays.
     doomed = [name for name, c in chains.items()
               if "hook" in c and c.get("policy", "accept") == "accept" and not rule_count.get(name)
-              and (only is None or name in only)]
+              and (name in only if only is not None else name in BUILTIN_CHAINS)]
     cmds = [f"delete chain {fam} {table} {name}" for name in doomed]
     if not other and len(doomed) == len(chains):
         return [f"delete table {fam} {table}"]

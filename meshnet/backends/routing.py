@@ -17,6 +17,7 @@ from meshnet.records import dataclass, field
 
 TYPE_CHECKING = False  # `typing` and `socket` stay off the start-up path (~7 ms)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 AF_INET, AF_INET6 = 2, 10  # AF_INET / AF_INET6 on Linux
@@ -150,18 +151,51 @@ def _any_fwmark_rule(netns: Netns) -> bool:
     return False
 
 
-def remove_all_tproxy(netns: Netns) -> int:
-    """Config-independent cleanup: every fwmark rule whose table holds only `local default dev lo`.
+# Istio's defaults (--istio-inbound-tproxy-mark / --istio-inbound-tproxy-route-table): what cleanup
+# removes when neither live Istio rules nor a spec say more.
+DEFAULT_TPROXY = (1337, 133)
+FR_ACT_TO_TBL = 1
+FULL_MASK = 0xFFFFFFFF
+# Everything `ip rule add fwmark M lookup T` (Istio's only form) makes the kernel report.
+_ISTIO_RULE_ATTRS = frozenset({"FRA_TABLE", "FRA_SUPPRESS_PREFIXLEN", "FRA_PROTOCOL", "FRA_PRIORITY",
+                               "FRA_FWMARK", "FRA_FWMASK"})
 
-    Returns how many rules were removed (their routes go too).
+
+def _istio_shaped(rule: Any) -> bool:
+    """`fwmark M lookup T` and nothing else: no mask, selector, inversion or other action."""
+    if rule["action"] != FR_ACT_TO_TBL or rule["flags"] or rule["src_len"] or rule["dst_len"] or rule["tos"]:
+        return False
+    names = {name for name, _ in rule["attrs"]}
+    if not names <= _ISTIO_RULE_ATTRS:
+        return False
+    mask = rule.get_attr("FRA_FWMASK")
+    suppress = rule.get_attr("FRA_SUPPRESS_PREFIXLEN")
+    return (mask is None or mask == FULL_MASK) and (suppress is None or suppress == FULL_MASK)
+
+
+def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[tuple[int, int]] = ()) -> int:
+    """Remove TPROXY policy routing in Istio's exact shape, and only Istio's.
+
+    A rule goes when it is exactly `fwmark M lookup T`, its table T holds nothing but
+    `local default dev lo`, and either M is a mark the live Istio rules use (`marks`, any T) or
+    (M, T) is Istio's pair from the spec (`pairs`, Istio's defaults 1337/133 always count).
+    `fwmark 0x1 lookup 100` with the same local route, a masked mark or an `iif` selector stay.
+    Returns how many rules were removed (their routes go too when no other rule uses the table).
     """
     if not _any_fwmark_rule(netns):
         return 0  # the usual REDIRECT pod: no need to pay pyroute2's ~150 ms import
+    live_marks = set(marks)
+    wanted = {*pairs, DEFAULT_TPROXY}
     removed = 0
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
         for fam in (AF_INET, AF_INET6):
-            for mark, table, prio in _fwmark_rules(ipr, fam):
+            for rule in [r for r in ipr.get_rules(family=fam) if r.get_attr("FRA_FWMARK") is not None]:
+                mark = int(rule.get_attr("FRA_FWMARK"))
+                table = int(rule.get_attr("FRA_TABLE") or rule["table"])
+                prio = int(rule.get_attr("FRA_PRIORITY") or 0)
+                if not _istio_shaped(rule) or (mark not in live_marks and (mark, table) not in wanted):
+                    continue
                 routes = ipr.get_routes(family=fam, table=table)
                 local = _local_default(ipr, fam, table, lo)
                 if not local or len(routes) != len(local):
@@ -172,6 +206,16 @@ def remove_all_tproxy(netns: Netns) -> int:
                            scope=RT_SCOPE_HOST)
                 removed += 1
     return removed
+
+
+def nft_marks(actions: Iterable[str]) -> set[int]:
+    """Marks Istio's native nft rules set (`meta mark set 1337`), from their action texts."""
+    out: set[int] = set()
+    for text in actions:
+        words = text.split()
+        if words[:3] == ["meta", "mark", "set"] and len(words) == 4 and words[3].isdigit():
+            out.add(int(words[3]))
+    return out
 
 
 def _quiet(fn: Any, *args: Any, **kw: Any) -> None:

@@ -1,10 +1,13 @@
 """Work out, from live iptables-save text, the restore payload that removes Istio's rules.
 
-Config-independent: every ISTIO_* chain, every rule jumping into one, and the few rules Istio
-writes straight into builtin chains, recognised by shape (TPROXY mark plumbing, the paired
-`-i X -j RETURN` / `-o X -j RETURN` of an excluded interface, the kube-virt `-i X -j RETURN` that
-sits next to `-i X -j ISTIO_REDIRECT`). With `only` (rollback), exactly those rules are removed,
-only as many times as they were added, so a user's identical rule that was there before survives.
+Config-independent, and only what is Istio's: every ISTIO_* chain, every rule jumping (or going)
+into one, and the few rules Istio writes straight into builtin chains, in Istio's exact shape and
+only beside Istio's own chains in that table: the TPROXY mark plumbing with the mark read from the
+live ISTIO_* rules (or given by the spec), the paired `-i X -j RETURN` / `-o X -j RETURN` of an
+excluded interface placed before Istio's jump, the kube-virt `-i X -j RETURN` that sits below
+`-i X -j ISTIO_REDIRECT`. A look-alike with no Istio chains beside it, another mark, a comment or
+any extra match stays. With `only` (rollback), exactly those rules are removed, only as many
+times as they were added, so a user's identical rule that was there before survives.
 
 Rules are deleted by position (`-D CHAIN N`, highest first), not by spec: a spec-based `-D` must
 match the kernel entry byte for byte, which fails for rules another writer encoded differently
@@ -13,11 +16,11 @@ match the kernel entry byte for byte, which fails for rules another writer encod
 
 from __future__ import annotations
 
-import shlex
 from collections import Counter
+from collections.abc import Iterable
 
 from meshnet.model import Family, Match, Rule
-from meshnet.parse.iptables_save import parse_rule
+from meshnet.parse.iptables_save import parse_rule, split_words
 from meshnet.records import dataclass, field
 
 ISTIO_PREFIX = "ISTIO_"
@@ -57,11 +60,11 @@ class Removal:
         return "\n".join(out) + "\n" if out else ""
 
 
-Block = tuple[list[str], list[tuple[str, list[str]]]]
+Block = tuple[list[str], list[tuple[str, Rule]]]
 
 
 def _blocks(save_text: str) -> dict[str, Block]:
-    """table -> (declared chains, [(rule text after '-A ', tokens)]), counters stripped."""
+    """table -> (declared chains, [(rule text after '-A ', parsed rule)]), counters stripped."""
     out: dict[str, Block] = {}
     table = ""
     for raw in save_text.splitlines():
@@ -76,28 +79,60 @@ def _blocks(save_text: str) -> dict[str, Block]:
         elif line.startswith(":") and table:
             out[table][0].append(line[1:].split(" ", 1)[0])
         elif line.startswith("-A ") and table:
-            out[table][1].append((line[3:], shlex.split(line)[1:]))
+            words = split_words(line)
+            if len(words) > 1:
+                out[table][1].append((line[3:], parse_rule(table, words[1:], line)))
     return out
 
 
-def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None = None,
-                 first: frozenset[RuleKey] = frozenset()) -> Removal:
-    """What to remove: everything Istio-shaped, or (`only`) that many copies of those rules.
+def istio_marks(save_texts: Iterable[str]) -> set[int]:
+    """The TPROXY marks live Istio rules use: ISTIO_DIVERT's MARK, ISTIO_TPROXY's --tproxy-mark, and
+    the `-m mark --mark M -j RETURN` of mangle ISTIO_INBOUND."""
+    marks: set[int] = set()
+    for text in save_texts:
+        for _, rule in _blocks(text).get("mangle", ([], []))[1]:
+            value = _rule_mark(rule)
+            if value is not None:
+                marks.add(value)
+    return marks
 
-    With `only`, copies of keys in `first` are taken from the top of their chain (they were
-    inserted at position 1), the others from the bottom (they were appended).
+
+def _rule_mark(rule: Rule) -> int | None:
+    t = rule.target
+    try:
+        if rule.chain == "ISTIO_DIVERT" and t.name == "MARK" and t.args[:1] == ("--set-mark",):
+            return int(t.args[1])
+        if rule.chain == "ISTIO_TPROXY" and t.name == "TPROXY":
+            return int(t.args[t.args.index("--tproxy-mark") + 1].split("/")[0], 0)
+        if rule.chain == "ISTIO_INBOUND" and t.name == "RETURN":
+            marks = [m for m in rule.matches if m.kind == "mark" and not m.negated and "/" not in m.value]
+            return int(marks[0].value) if len(marks) == 1 else None
+    except (ValueError, IndexError):
+        return None
+    return None
+
+
+def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None = None,
+                 first: frozenset[RuleKey] = frozenset(), marks: Iterable[int] = ()) -> Removal:
+    """What to remove: everything Istio's, or (`only`) that many copies of those rules.
+
+    `marks`: TPROXY marks known from elsewhere (the spec, the other family) besides the ones this
+    text's ISTIO_* rules show. With `only`, copies of keys in `first` are taken from the top of
+    their chain (they were inserted at position 1), the others from the bottom (they were appended).
     """
     removal = Removal()
-    for table, (chains, rules) in _blocks(save_text).items():
+    blocks = _blocks(save_text)
+    known = {str(m) for m in (*marks, *istio_marks([save_text]))}
+    for table, (chains, rules) in blocks.items():
         position: dict[str, int] = {}
         builtin: list[tuple[str, int, Rule]] = []
-        for text, tokens in rules:
-            rule = parse_rule(table, tokens)
+        for text, rule in rules:
             position[rule.chain] = position.get(rule.chain, 0) + 1
             if not rule.chain.startswith(ISTIO_PREFIX):
                 builtin.append((text, position[rule.chain], rule))
         if only is None:
-            doomed = _istio_builtin_rules(table, [r for _, _, r in builtin])
+            has_istio = any(c.startswith(ISTIO_PREFIX) for c in chains)
+            doomed = _istio_builtin_rules(table, [r for _, _, r in builtin], known) if has_istio else set()
             chosen = [(t, p, r) for t, p, r in builtin if r.target.name.startswith(ISTIO_PREFIX) or id(r) in doomed]
         else:
             left = Counter(only)
@@ -118,49 +153,87 @@ def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None =
 
 def builtin_keys(save_text: str) -> Counter[RuleKey]:
     """How many times each rule appears in builtin chains (to tell ours from a user's twin)."""
-    return Counter(parse_rule(table, tokens).key() for table, (_, rules) in _blocks(save_text).items()
-                   for _, tokens in rules if not tokens[0].startswith(ISTIO_PREFIX))
+    return Counter(rule.key() for _, (_, rules) in _blocks(save_text).items()
+                   for _, rule in rules if not rule.chain.startswith(ISTIO_PREFIX))
 
 
 def _kinds(rule: Rule) -> dict[str, Match]:
     return {m.kind: m for m in rule.matches}
 
 
-def _istio_builtin_rules(table: str, rules: list[Rule]) -> set[int]:
-    """ids of builtin-chain rules that have the exact shape of something Istio writes there."""
+def _plain(rule: Rule, kinds: set[str]) -> dict[str, Match] | None:
+    """The rule's matches by kind when it has exactly those kinds, once each (no opaque part,
+    no comment, no duplicate); None otherwise."""
+    k = _kinds(rule)
+    return k if set(k) == kinds and len(rule.matches) == len(kinds) else None
+
+
+def _istio_builtin_rules(table: str, rules: list[Rule], marks: set[str]) -> set[int]:
+    """ids of builtin-chain rules in the exact shape (and, for TPROXY, with the mark) Istio writes there.
+
+    The caller has checked that the table holds Istio chains.
+    """
     doomed: set[int] = set()
     tcp = Match("proto", "tcp")
+    tail: list[Rule] = []  # the TPROXY plumbing in mangle OUTPUT, an anchor for the excluded interfaces
     if table == "mangle":
         for r in rules:
-            k, t = _kinds(r), r.target
-            if r.chain == "PREROUTING" and set(k) == {"proto", "mark"} and tcp in r.matches \
+            t = r.target
+            if r.chain == "PREROUTING" and (k := _plain(r, {"proto", "mark"})) and tcp in r.matches \
+                    and k["mark"].value in marks and not k["mark"].negated \
                     and t.name == "CONNMARK" and t.args == ("--save-mark",):
                 doomed.add(id(r))
-            elif r.chain == "OUTPUT" and set(k) == {"proto", "out", "mark"} and tcp in r.matches \
-                    and k["out"].value == "lo" and t.name == "RETURN":
+            elif r.chain == "OUTPUT" and (k := _plain(r, {"proto", "out", "mark"})) and tcp in r.matches \
+                    and k["out"] == Match("out", "lo") and k["mark"].value in marks and not k["mark"].negated \
+                    and t.name == "RETURN" and not t.args:
                 doomed.add(id(r))
-            elif r.chain == "OUTPUT" and set(k) in ({"dst", "proto", "out", "uid"}, {"dst", "proto", "out", "gid"}) \
-                    and k["dst"].negated and k["out"].value == "lo" \
-                    and t.name == "MARK" and t.args == ("--set-mark", OUTBOUND_MARK):
+                tail.append(r)
+            elif r.chain == "OUTPUT" and any(_plain(r, {"dst", "proto", "out", o}) for o in ("uid", "gid")) \
+                    and tcp in r.matches and _kinds(r)["dst"].negated and _kinds(r)["out"] == Match("out", "lo") \
+                    and t.name == "MARK" and t.args == ("--set-mark", OUTBOUND_MARK) and marks:
                 doomed.add(id(r))
-            elif r.chain == "OUTPUT" and set(k) == {"proto", "connmark"} and tcp in r.matches \
+                tail.append(r)
+            elif r.chain == "OUTPUT" and (k := _plain(r, {"proto", "connmark"})) and tcp in r.matches \
+                    and k["connmark"].value in marks and not k["connmark"].negated \
                     and t.name == "CONNMARK" and t.args == ("--restore-mark",):
                 doomed.add(id(r))
+                tail.append(r)
     if table in ("nat", "mangle"):
-        def plain_return(r: Rule, chain: str, kind: str) -> str | None:
-            k = _kinds(r)
-            if r.chain == chain and set(k) == {kind} and not k[kind].negated and r.target.name == "RETURN" \
-                    and not r.target.args:
-                return k[kind].value
-            return None
+        doomed |= _excluded_interfaces(table, rules, tail)
+    return doomed
 
-        ins = {v: r for r in rules if (v := plain_return(r, "PREROUTING", "in"))}
-        outs = {v: r for r in rules if (v := plain_return(r, "OUTPUT", "out"))}
-        virt = {m.value for r in rules if r.chain == "PREROUTING" and r.target.name == "ISTIO_REDIRECT"
-                for m in r.matches if m.kind == "in"}
-        for nic, r in ins.items():
-            if nic in outs:
-                doomed.update((id(r), id(outs[nic])))
-            elif table == "nat" and nic in virt:
+
+def _excluded_interfaces(table: str, rules: list[Rule], tail: list[Rule]) -> set[int]:
+    """Istio appends `-i X -j RETURN` to PREROUTING and `-o X -j RETURN` to OUTPUT before any of its
+    other rules there, so each must come before Istio's jump (or TPROXY plumbing) in its chain."""
+    def plain_return(r: Rule, chain: str, kind: str) -> str | None:
+        k = _plain(r, {kind})
+        if r.chain == chain and k and not k[kind].negated and r.target.name == "RETURN" \
+                and not r.target.args and not r.target.opaque and not r.target.goto:
+            return k[kind].value
+        return None
+
+    def before_anchor(chain: str, anchors: list[Rule]) -> set[int]:
+        """ids of the rules of `chain` above its first anchor (all of them if it has none)."""
+        order = [r for r in rules if r.chain == chain]
+        cut = next((i for i, r in enumerate(order) if any(r is a for a in anchors)), len(order))
+        return {id(r) for r in order[:cut]}
+
+    jumps = [r for r in rules if r.target.name.startswith(ISTIO_PREFIX)]
+    pre_ok = before_anchor("PREROUTING", [r for r in jumps if r.chain == "PREROUTING"
+                                          and r.target.name != "ISTIO_REDIRECT"])
+    out_ok = before_anchor("OUTPUT", [r for r in jumps if r.chain == "OUTPUT"] + tail)
+    ins = {v: r for r in rules if (v := plain_return(r, "PREROUTING", "in")) and id(r) in pre_ok}
+    outs = {v: r for r in rules if (v := plain_return(r, "OUTPUT", "out")) and id(r) in out_ok}
+    doomed: set[int] = set()
+    for nic, r in ins.items():
+        if nic in outs:
+            doomed.update((id(r), id(outs[nic])))
+    if table == "nat":  # kube-virt: `-I PREROUTING 1 -i X -j RETURN`, then `-I PREROUTING 1 -i X ... -j ISTIO_REDIRECT`
+        seen_virt: set[str] = set()
+        for r in (r for r in rules if r.chain == "PREROUTING"):
+            if r.target.name == "ISTIO_REDIRECT":
+                seen_virt |= {m.value for m in r.matches if m.kind == "in" and not m.negated}
+            elif (nic := plain_return(r, "PREROUTING", "in")) and nic in seen_virt:
                 doomed.add(id(r))
     return doomed

@@ -36,7 +36,7 @@ def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str 
     if opts.cleanup_only:
         from meshnet.applier import cleanup
 
-        sys.stdout.write(cleanup(target).message + "\n")
+        sys.stdout.write(cleanup(target, spec=spec).message + "\n")
         from meshnet.collision_prevention import restore_quietly
 
         restored = restore_quietly(target)
