@@ -130,6 +130,8 @@ class Target:
             and self.name not in EXTENSION_TARGETS
 
     def tokens(self) -> list[str]:
+        if not self.name:
+            return []  # a rule without a target (it only counts)
         return ["-g" if self.goto else "-j", self.name, *self.args, *([self.opaque] if self.opaque else [])]
 
     def canonical(self) -> Target:
