@@ -53,7 +53,8 @@ def _lo_index(ipr: Any) -> int:
 
 
 def _has_rule(ipr: Any, family: int, mark: int, table: int) -> bool:
-    return any((m, t) == (mark, table) for m, t, _ in _fwmark_rules(ipr, family))
+    """Istio's rule is there: `fwmark 0x539/0xff` or `fwmark 0x539 iif eth1` route other packets."""
+    return any((m, t) == (mark, table) for m, t, _ in _fwmark_rules(ipr, family, exact=True))
 
 
 def _default_priority(ipr: Any, family: int) -> int:
@@ -106,7 +107,7 @@ def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = No
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
         for fam in _families(ipv6):
-            found = [(m, t) for m, t, _ in _fwmark_rules(ipr, fam)
+            found = [(m, t) for m, t, _ in _fwmark_rules(ipr, fam, exact=True)
                      if (mark is None or m == mark) and (table is None or t == table)
                      and _local_default(ipr, fam, t, lo)]
             if not found:
@@ -114,12 +115,13 @@ def tproxy_present(netns: Netns, mark: int | None = None, table: int | None = No
     return True
 
 
-def _fwmark_rules(ipr: Any, family: int) -> list[tuple[int, int, int]]:
-    """(mark, table, priority) of every fwmark rule; deleting one needs its priority too."""
+def _fwmark_rules(ipr: Any, family: int, exact: bool = False) -> list[tuple[int, int, int]]:
+    """(mark, table, priority) of every fwmark rule (`exact`: only those in Istio's shape);
+    deleting one needs its priority too."""
     out = []
     for rule in ipr.get_rules(family=family):
         mark = rule.get_attr("FRA_FWMARK")
-        if mark is not None:
+        if mark is not None and (not exact or _istio_shaped(rule)):
             out.append((int(mark), int(rule.get_attr("FRA_TABLE") or rule["table"]),
                         int(rule.get_attr("FRA_PRIORITY") or 0)))
     return out
