@@ -19,6 +19,8 @@ from meshnet.parse.iptables_save import parse_rule, parse_save, split_words
 
 # Lines where a part meshnet models is printed in Istio's spelling (implicit `-m tcp`, hex marks).
 NORMALISED = {
+    "-A OUTPUT -m owner --socket-exists --uid-owner 0 -j ACCEPT":
+        "-A OUTPUT -m owner --socket-exists -m owner --uid-owner 0 -j ACCEPT",
     '-A INPUT -p tcp -m tcp --dport 80 -m comment --comment "web" -j ACCEPT':
         '-A INPUT -p tcp --dport 80 -m comment --comment "web" -j ACCEPT',
     '-A OUTPUT -p tcp -m mark --mark 0x1 -m string --string "-m x" --algo bm -j RETURN':
@@ -63,7 +65,7 @@ def test_text_arguments_that_look_like_options() -> None:
 
 
 def test_known_modules_with_unknown_options_are_opaque_whole() -> None:
-    rule = parse_line("-A OUTPUT -m owner --socket-exists --uid-owner 0 -j ACCEPT")
+    rule = parse_line("-A OUTPUT -m owner --gid-owner 0 --suppl-groups -j ACCEPT")
     assert [m.kind for m in rule.matches] == [OPAQUE]
     rule = parse_line("-A INPUT -m conntrack --ctstate NEW --ctdir ORIGINAL -j ACCEPT")
     assert [m.kind for m in rule.matches] == [OPAQUE]
