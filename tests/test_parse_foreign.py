@@ -75,9 +75,10 @@ def test_target_options_not_modelled_are_opaque_and_modelled_ones_normalised() -
     assert parse_line("-A P -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff").target.args == \
         ("--save-mark",)
     masked = parse_line("-A P -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff").target
-    assert masked.args == () and masked.opaque == "--save-mark --nfmask 0xff --ctmask 0xff"
-    assert parse_line("-A P -j REDIRECT --to-ports 9 --random").target.opaque == "--to-ports 9 --random"
-    assert parse_line("-A P -j CT --notrack").target.opaque == "--notrack"
+    assert masked.args == ("--save-mark", "--nfmask", "0xff", "--ctmask", "0xff") and not masked.opaque
+    assert parse_line("-A P -j CT --notrack").target.args == ("--notrack",)
+    quoted = parse_line('-A P -j NFLOG --nflog-prefix "a b" --nflog-group 3').target
+    assert quoted.args == () and quoted.opaque == '--nflog-prefix "a b" --nflog-group 3'
     assert parse_line("-A P -j MARK --set-xmark 0x539/0xffffffff").target.args == ("--set-mark", "1337")
 
 
@@ -144,7 +145,8 @@ def test_path_neutral_targets_do_not_stop_the_walk_but_unknown_ones_do() -> None
     for rule, kind in (("-j LOG --log-prefix \"a b \"", "redirect"), ("-j NFLOG --nflog-group 3", "redirect"),
                        ("-j DNAT --to-destination 10.1.1.1:80", "uncertain"),
                        ("-j MARK --set-xmark 0x1/0xff", "redirect"),
-                       ("-j REDIRECT --to-ports 9 --random", "uncertain"), ("-j NOPE", "uncertain"),
+                       ("-j CONNMARK --set-xmark 0x1/0x1", "uncertain"), ("-j CT --notrack", "uncertain"),
+                       ("-j REDIRECT --to-ports 9 --random", "redirect"), ("-j NOPE", "uncertain"),
                        ("-g NOWHERE", "uncertain")):
         ex = explain_ruleset(parse_save(base.format(rule=rule), 4), pkt, "x")
         assert ex.verdict is not None and ex.verdict.kind == kind, (rule, ex.lines())

@@ -5,8 +5,9 @@ appears, marks become hex, MARK becomes `--set-xmark`, TPROXY gains `--on-ip`. T
 normalises all of that to the builder's (Istio's) spelling so rules compare by `Rule.key()`.
 
 Anything else iptables-save prints is still parsed, never refused: a match module (with all its
-options) or target options meshnet does not model are kept as one opaque part holding the exact
-text of the line, so the rule prints back byte for byte and compares verbatim. A foreign rule
+options) meshnet does not model is kept as one opaque part holding the exact text of the line;
+target options it does not normalise are kept as the words printed (or, when quoted, as the exact
+text), so the rule prints back byte for byte and compares verbatim. A foreign rule
 (`--tcp-flags ALL NONE`, `-m string --string "a b"`, `-j LOG --log-prefix "x "`) therefore never
 stops reading, diffing or cleaning a namespace; explain says it cannot evaluate such a part.
 """
@@ -210,7 +211,11 @@ def _target(name: str, goto: bool, words: list[Token], line: str) -> Target:
     args = _modeled_target(name, opts) if opts is not None else None
     if args is not None:
         return Target(name, args, goto=goto)
-    return Target(name, opaque=line[words[0].start:words[-1].end], goto=goto)
+    raw = line[words[0].start:words[-1].end]
+    values = tuple(w.value for w in words)
+    if " ".join(values) == raw:  # plain words (Istio's ambient SNAT, CONNMARK --set-xmark): compare as args
+        return Target(name, values, goto=goto)
+    return Target(name, opaque=raw, goto=goto)  # quoted text (a LOG prefix): kept as printed
 
 
 def _block_end(words: list[Token], i: int, line: str) -> int:
