@@ -530,10 +530,11 @@ def status(netns: Netns, spec: Spec | None = None) -> Status:
         if any(parse_save(strip_counters(t), f).istio_chains() for f, t in texts.items()):
             holders.append(xt.backend)
     from meshnet.backends import nftables
+    from meshnet.nft_model import AMBIENT_PREFIX
 
     present = nftables.live(netns)
-    if not present.empty:
-        holders.append(NFTABLES)
+    if not present.empty or (spec is None and not nftables.live(netns, AMBIENT_PREFIX).empty):
+        holders.append(NFTABLES)  # (ambient pods' tables count as Istio's when no sidecar spec is checked)
     drift: list[str] = []
     notes: list[str] = []
     if len(holders) > 1:

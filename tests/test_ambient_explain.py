@@ -38,3 +38,31 @@ def test_explain_follows_ambient_rules(topology, backend: str) -> None:  # type:
             assert verdict["kind"] not in ("redirect", "tproxy", "uncertain", "drop"), (packet, verdict)
         else:
             assert (verdict["kind"], verdict["port"]) == (kind, port), (packet, verdict)
+
+
+def _doctor(ns_path: str) -> str:
+    return subprocess.run([sys.executable, "-m", "meshnet.cli.main", "doctor", "--netns", ns_path],
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
+def test_status_and_doctor_see_ambient_routing_as_ambients(topology, backend: str) -> None:  # type: ignore[no-untyped-def]
+    from meshnet.applier import status
+
+    pod = topology.pod
+    apply_ambient(pod, AmbientSpec(), backend=backend)
+    assert status(pod).backends == (backend,)
+    report = _doctor(pod.path)
+    assert "tproxy-routing-orphan" not in report and "tproxy-like-routing" not in report, report
+    # Rules gone, routing left: the half state is named as ambient mode's.
+    if backend == "nftables":
+        pod.run(["nft", "delete", "table", "inet", "istio-ambient-mangle"])
+        pod.run(["nft", "delete", "table", "inet", "istio-ambient-nat"])
+    else:
+        from meshnet.backends.xt_cleanup import plan_removal
+        from meshnet.backends.xtables import Xtables
+
+        xt = Xtables("nft")
+        xt.restore(pod, 4, plan_removal(xt.save(pod, 4), 4).restore_text())
+    report = _doctor(pod.path)
+    assert "tproxy-routing-orphan" in report and "ambient mode's policy routing" in report, report

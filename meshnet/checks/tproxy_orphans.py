@@ -17,6 +17,7 @@ from meshnet.errors import MeshnetError
 from meshnet.records import dataclass
 
 ISTIO_MARK, ISTIO_TABLE = 1337, 133
+AMBIENT_MARK, AMBIENT_TABLE = 0x111, 100  # istio-cni's in-pod routing (meshnet.ambient.spec)
 _NAMED_TABLES = {"local": 255, "main": 254, "default": 253, "unspec": 0}
 _IP = {4: "ip", 6: "ip -6"}
 
@@ -51,6 +52,15 @@ def read_routing(ctx: Context, family: int) -> tuple[list[FwmarkRule], set[int]]
     return rules, local
 
 
+def _ambient_rules_present(ctx: Context) -> bool:
+    """Ambient mode's chains in any backend: ISTIO_PRERT (iptables) or the istio-ambient-* tables (nft)."""
+    for rulesets in ctx.live.xtables.values():
+        if any(("mangle", "ISTIO_PRERT") in rs.istio_chains() for rs in rulesets.values()):
+            return True
+    nft = ctx.live.nft
+    return nft is not None and ("mangle", "istio-prerouting") in nft.chains
+
+
 def run(ctx: Context) -> list[Finding]:
     marks = facts(ctx.live).tproxy_marks
     istio_mark = ctx.spec.tproxy_mark if ctx.spec is not None else ISTIO_MARK
@@ -64,9 +74,15 @@ def run(ctx: Context) -> list[Finding]:
             ctx.notes.append(f"IPv{fam} policy routing not read: {exc}")
             continue
         used = marks.get(fam, set())
+        ambient = _ambient_rules_present(ctx)
         for rule in rules:
             if rule.mark in used:
                 continue  # a TPROXY rule of this family needs it
+            if (rule.mark, rule.table) == (AMBIENT_MARK, AMBIENT_TABLE):
+                if not ambient:  # ambient mode's routing (fwmark 0x111/0xfff lookup 100) without its rules
+                    orphans.append(f"{rule.text()}: ambient mode's policy routing, but no ambient rules "
+                                   f"(ISTIO_PRERT / istio-ambient-*) in the namespace")
+                continue
             shape = "with" if rule.table in local else "without"
             line = f"{rule.text()} ({shape} `local default dev lo` in table {rule.table}), no TPROXY rule sets " \
                    f"mark {rule.mark:#x} in IPv{fam}"
