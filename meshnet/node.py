@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
     from meshnet.doctor import Report
 
-# Where runtimes keep named pod namespaces: iproute2 / CRI-O / containerd (cni-*), docker.
-NETNS_DIRS = ("/run/netns", "/var/run/netns", "/run/docker/netns", "/var/run/docker/netns")
+# Where runtimes keep named pod namespaces: iproute2 / CRI-O / containerd (cni-*), containerd's state
+# dir (netns_mounts_under_state_dir), docker.
+NETNS_DIRS = ("/run/netns", "/var/run/netns", "/run/containerd/io.containerd.grpc.v1.cri/netns",
+              "/run/docker/netns", "/var/run/docker/netns")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_JOBS = 4
 SIDECAR_ANNOTATION = "sidecar.istio.io/status"

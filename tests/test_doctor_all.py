@@ -93,6 +93,30 @@ def test_a_namespace_over_its_time_bound_is_not_inspected(node: tuple[Path, dict
     assert {r["worst"] for r in data["pods"]} == {"could not inspect: timed out after 0.001s"}
 
 
+def test_collect_all_then_doctor_bundle_gives_the_same_table(node: tuple[Path, dict[str, Topology]],
+                                                              tmp_path: Path) -> None:
+    d, pods = node
+    _, live, _ = doctor_all("--netns-dir", str(d), "--no-proc", "--json")
+    bundle = tmp_path / "node.tar.gz"
+    cp = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "collect", "--all", "--netns-dir", str(d),
+                         "--no-proc", "-o", str(bundle)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cp.returncode == 0 and cp.stdout.strip() == f"{bundle}: 3 namespace(s)", cp.stderr
+    for t in pods.values():
+        t.close()
+    cp = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "doctor", "--bundle", str(bundle), "--json"],
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+    offline = json.loads(cp.stdout)
+    assert cp.returncode == live["exit"] == 1
+    assert {r["netns"]: r["worst"] for r in offline["pods"]} == {r["netns"]: r["worst"] for r in live["pods"]}
+    one = next(r["netns"] for r in live["pods"] if r["netns"].endswith("cni-broken"))
+    cp = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "conntrack", "analyze", "--bundle", str(bundle)],
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cp.returncode == 2 and "choose one with --pod" in cp.stderr
+    cp = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "conntrack", "analyze", "--bundle", str(bundle),
+                         "--pod", one], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cp.returncode == 0 and "REDIRECT sends all TCP ports" in cp.stdout  # from the recorded nft rules
+
+
 def test_bad_arguments_are_one_line() -> None:
     for args in (["--netns", "x"], ["--jobs", "0"], ["--cri", "tcp://1.2.3.4:1"]):
         code, _, err = doctor_all(*args)
