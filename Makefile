@@ -1,5 +1,5 @@
 # The two commands of the README. Both do all the set-up they need (apt-get packages, ./.venv).
-.PHONY: setup demo test test-vm lint bench cri-stubs
+.PHONY: setup demo test test-vm lint bench cri-stubs images
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ test: setup
 # five-tuple collision really hangs; runs meshnet from this tree inside it (~1 min, ~3 min the first time).
 test-vm: setup
 	@bash tests/vm/run-vm-tier.sh
+
+# build/images/meshnet.tar (localhost/meshnet:dev): debootstrap base cached in /var/cache/meshnet-image
+images: setup
+	@.venv/bin/python scripts/build_image.py
 
 bench: setup
 	@for b in bench/*.py; do .venv/bin/python $$b; done
