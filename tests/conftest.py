@@ -27,3 +27,15 @@ def topology() -> Iterator[Topology]:
         pytest.skip(_NOT_ROOT)
     with Topology() as topo:
         yield topo
+
+
+@pytest.fixture(scope="session")
+def cri_node() -> Iterator[object]:
+    """One containerd CRI node per session (tests/cri_helpers.py), with the image from `make images`."""
+    if not is_root():
+        pytest.skip(_NOT_ROOT)
+    from cri_helpers import CriNode, build_image
+
+    build_image()  # the same script as `make images`: the working tree's meshnet, the cached base
+    with CriNode() as node:
+        yield node
