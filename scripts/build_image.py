@@ -103,7 +103,8 @@ def base_layer(cache: Path) -> Path:
 # ------------------------------------------------------------------------------ layer 2: meshnet
 def _requirements() -> list[str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return sorted(project["dependencies"])
+    # + the `cri` extra: `meshnet doctor --all --cri` from the DaemonSet pod lists the node's pods.
+    return sorted(project["dependencies"] + project.get("optional-dependencies", {}).get("cri", []))
 
 
 def deps_dir(cache: Path) -> Path:

@@ -92,7 +92,9 @@ class CriResult:
 class CriNode:
     """containerd + CRI in its own base and namespace, with bridge + meshnet-cni. Use as a context manager."""
 
-    plugin_conf: Mapping[str, Any] = field(default_factory=dict)
+    chain_meshnet: bool = True  # False: the bridge alone (bench/cri.py's floor)
+    import_image: bool = True
+    agent_socket: str = "off"  # the exec'd plugin works alone unless pointed at an agent
     token: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def __post_init__(self) -> None:
@@ -102,8 +104,8 @@ class CriNode:
         self.conflist = self.base / "cni" / "net.d" / "10-meshnet-test.conflist"
         self.log_file = self.base / "log" / "meshnet-cni.log"
         self.env = {**os.environ, "CRINODE_BASE": str(self.base), "CRINODE_NETNS": self.netns,
-                    # the exec'd plugin works alone: no agent socket from another test on this machine
-                    "MESHNET_CNI_AGENT_SOCKET": "off"}
+                    # containerd's environment reaches the plugins it execs
+                    "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> CriNode:
@@ -130,8 +132,17 @@ class CriNode:
         (self.base / "image").mkdir()
         shutil.copy2(template / "image" / "pause.tar", self.base / "image" / "pause.tar")
         self._check(self.crinode("setup"), "setup")
-        plugin = image_file("/opt/meshnet/meshnet-cni", self.base / "meshnet-cni.from-image")
-        self.write_conflist(plugin)
+        plugin = self.base / "meshnet-cni.from-image"
+        if IMAGE_TAR.exists():
+            image_file("/opt/meshnet/meshnet-cni", plugin)
+        else:  # bench/cri.py without `make images`: the same zipapp, built here
+            from meshnet.cni.bundle import build
+
+            build(plugin)
+        if self.chain_meshnet:
+            self.write_conflist(plugin)
+        else:
+            self.write_conflist(bridge_only=True)
 
     def write_conflist(self, plugin: Path | None = None, **overrides: Any) -> None:
         """bridge alone, then meshnet-cni chained by its installer (the DaemonSet's `install` step)."""
@@ -140,7 +151,7 @@ class CriNode:
                              "ipam": {"type": "host-local", "subnet": self.subnet,
                                       "dataDir": str(self.base / "cni" / "ipam")}}]}
         self.conflist.write_text(json.dumps(conf, indent=2))
-        if plugin is None and overrides.pop("bridge_only", False):
+        if overrides.pop("bridge_only", False):
             return
         plugin = plugin or self.base / "meshnet-cni.from-image"
         cp = subprocess.run([str(REPO / ".venv" / "bin" / "meshnet"), "cni", "install", "--conflist",
@@ -158,7 +169,7 @@ class CriNode:
 
     def start(self) -> None:
         self._check(self.crinode("start"), "start")
-        if not any(IMAGE_REF in t for im in self.images() for t in im["tags"]):
+        if self.import_image and not any(IMAGE_REF in t for im in self.images() for t in im["tags"]):
             self._check(self.crinode("import", str(IMAGE_TAR), timeout=600), "import")
 
     def restart(self) -> None:
