@@ -103,8 +103,8 @@ def base_layer(cache: Path) -> Path:
 # ------------------------------------------------------------------------------ layer 2: meshnet
 def _requirements() -> list[str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    # + the `cri` extra: `meshnet doctor --all --cri` from the DaemonSet pod lists the node's pods.
-    return sorted(project["dependencies"] + project.get("optional-dependencies", {}).get("cri", []))
+    # Not the `cri` extra (grpcio + protobuf, +24 MB): `doctor --all --cri` is a node-side tool.
+    return sorted(project["dependencies"])
 
 
 def deps_dir(cache: Path) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import tarfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,8 +188,7 @@ def test_sidecar_and_app_in_one_pod_real_tcp_both_ways(cri_node: CriNode, pods: 
     meshed = pod(cri_node, pods, "mesh")
     peer = pod(cri_node, pods, "peer")
     init(cri_node, meshed)
-    side = cri_node.container(meshed["id"], ["python3", "-c", SIDECAR_PY], user=1337, group=1337, detach=True)
-    assert side.ok, side.data
+    start_sidecar(cri_node, meshed)
     # Outbound: the app (uid 1000) dials a pod-network address nobody has; the sidecar answers on 15001
     # (REDIRECT of a local packet: the source stays the pod's address, the routing chose it before NAT).
     target = meshed["ip"].rsplit(".", 1)[0] + ".250"
@@ -213,27 +213,43 @@ def debug(node: CriNode, sandbox: dict[str, Any], *argv: str) -> dict[str, Any]:
     return run.data
 
 
+def start_sidecar(node: CriNode, sandbox: dict[str, Any]) -> None:
+    side = node.container(sandbox["id"], ["python3", "-c", SIDECAR_PY], user=1337, group=1337, detach=True)
+    assert side.ok, side.data
+    for _ in range(300):  # until both listeners are up (bounded: 30 s)
+        listening = in_netns(sandbox["netns"], ["ss", "-Htln"]).stdout
+        if ":15001 " in listening and ":15006 " in listening:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the fake sidecar did not listen: {listening}")
+
+
 def test_debug_container_doctor_and_status_healthy_then_broken(cri_node: CriNode,
                                                                pods: list[dict[str, Any]]) -> None:
     sandbox = pod(cri_node, pods, "debug")
     init(cri_node, sandbox)
+    start_sidecar(cri_node, sandbox)
     doctor = debug(cri_node, sandbox, "doctor")
     assert doctor["exit_code"] == 0, doctor
-    assert "Istio rules in iptables-nft" in doctor["log"], doctor
+    assert doctor["log"].startswith("current: Istio rules in iptables-nft\n"), doctor
+    assert "healthy: no findings" in doctor["log"] and "[critical]" not in doctor["log"], doctor
     status = debug(cri_node, sandbox, "status", "--json")
     assert status["exit_code"] == 0, status
     report = json.loads(status["log"])
-    assert report["in_sync"] is True and report["drift"] == []
-    assert report["backends"], report
+    assert (report["namespace"], report["backends"], report["drift"]) == ("current", ["iptables-nft"], []), report
     # Broken: the rule that sends outbound traffic to the sidecar is gone (someone's hand-edit).
     cp = in_netns(sandbox["netns"], ["iptables-nft", "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"])
     assert cp.returncode == 0, cp.stderr
     broken = debug(cri_node, sandbox, "doctor")
-    assert broken["exit_code"] != 0, broken
-    assert "[critical]" in broken["log"] or "[warning]" in broken["log"], broken
-    assert "Traceback" not in broken["log"]
-    status = debug(cri_node, sandbox, "status", "--json")
-    assert status["exit_code"] != 0 or json.loads(status["log"])["in_sync"] is False, status
+    assert broken["exit_code"] == 1, broken
+    assert "[critical] outbound-not-captured" in broken["log"], broken
+    assert "iptables -t nat -A ISTIO_OUTPUT -j ISTIO_REDIRECT" in broken["log"], broken
+    # Broken another way: a pod whose rules were never installed (the CNI race).
+    bare = pod(cri_node, pods, "norules")
+    doctor = debug(cri_node, bare, "doctor")
+    assert doctor["exit_code"] == 1 and "[critical] no-interception-rules" in doctor["log"], doctor
+    status = debug(cri_node, bare, "status", "--json")
+    assert status["exit_code"] == 0 and json.loads(status["log"])["backends"] == [], status
 
 
 def test_debug_container_without_capabilities_says_what_is_missing(cri_node: CriNode,
