@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from meshnet.errors import UsageError
+from meshnet.errors import UsageError, quote
 from meshnet.records import asdict, dataclass, replace
 
 STATES = ("NEW", "ESTABLISHED", "RELATED", "INVALID")
@@ -68,65 +68,65 @@ def owner_defaults(packet: Packet) -> tuple[Packet, str | None]:
 def _endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
     m = _ENDPOINT.match(text)
     if not m:
-        raise UsageError(f"bad endpoint {text!r}: expected IP:PORT or [IPv6]:PORT")
+        raise UsageError(f"bad endpoint {quote(text)}: expected IP:PORT or [IPv6]:PORT")
     try:
         addr = ipaddress.ip_address(m["v6"] or m["v4"])
     except ValueError:
-        raise UsageError(f"bad address in {text!r}") from None
+        raise UsageError(f"bad address in {quote(text)}") from None
     if m["v4"] and addr.version != 4 or m["v6"] and addr.version != 6:
-        raise UsageError(f"bad endpoint {text!r}: IPv6 addresses go in brackets")
-    port = int(m["port"])
+        raise UsageError(f"bad endpoint {quote(text)}: IPv6 addresses go in brackets")
+    port = int(m["port"]) if len(m["port"]) <= 5 else -1  # int() of 100 000 digits is a ValueError
     if not 0 <= port <= 65535:
-        raise UsageError(f"bad port in {text!r}")
+        raise UsageError(f"bad port in {quote(text)}")
     return addr, port
 
 
 def _number(key: str, value: str) -> int:
     try:
-        n = int(value, 0)
+        n = int(value, 0) if len(value) <= 20 else -1
     except ValueError:
-        raise UsageError(f"bad {key}={value!r}: expected a number") from None
+        raise UsageError(f"bad {key}={quote(value)}: expected a number") from None
     if not 0 <= n <= 0xFFFFFFFF:
-        raise UsageError(f"bad {key}={value!r}: out of range")
+        raise UsageError(f"bad {key}={quote(value)}: out of range")
     return n
 
 
 def parse_packet(text: str) -> Packet:
     words = text.replace("->", " -> ").split()
     if len(words) < 5 or words[2] != "->":
-        raise UsageError(f"bad packet {text!r}: expected {SYNTAX}")
+        raise UsageError(f"bad packet {quote(text)}: expected {SYNTAX}")
     proto = words[0].lower()
     if proto not in ("tcp", "udp"):
-        raise UsageError(f"bad packet protocol {words[0]!r}: tcp or udp")
+        raise UsageError(f"bad packet protocol {quote(words[0])}: tcp or udp")
     src, sport = _endpoint(words[1])
     dst, dport = _endpoint(words[3])
     if src.version != dst.version:
         raise UsageError("source and destination are of different IP families")
     direction = words[4].lower()
     if direction not in ("in", "out"):
-        raise UsageError(f"bad direction {words[4]!r}: in (arriving) or out (locally generated)")
+        raise UsageError(f"bad direction {quote(words[4])}: in (arriving) or out (locally generated)")
     opts: dict[str, object] = {}
     for word in words[5:]:
         key, sep, value = word.partition("=")
         key = key.lower()
         if not sep or not value:
-            raise UsageError(f"bad option {word!r}: expected KEY=VALUE")
+            raise UsageError(f"bad option {quote(word)}: expected KEY=VALUE")
         if key in ("uid", "gid"):
             opts[key] = _number(key, value)
         elif key in ("mark", "ctmark"):
             opts[key] = _number(key, value)
         elif key == "state":
             if value.upper() not in STATES:
-                raise UsageError(f"bad state {value!r}: one of {', '.join(STATES)}")
+                raise UsageError(f"bad state {quote(value)}: one of {', '.join(STATES)}")
             opts["state"] = value.upper()
         elif key in ("iface", "iif", "oif"):
             if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,15}", value):
-                raise UsageError(f"bad interface name {value!r}")
+                raise UsageError(f"bad interface name {quote(value)}")
             # `iface` is the interface the packet arrives on (in) or leaves by (out).
             slot = {"iif": "iif", "oif": "oif"}.get(key) or ("iif" if direction == "in" else "oif")
             opts[slot] = value
         else:
-            raise UsageError(f"unknown packet option {key!r}: expected {SYNTAX}")
+            raise UsageError(f"unknown packet option {quote(key)}: expected {SYNTAX}")
     if direction == "in" and ("uid" in opts or "gid" in opts):
         raise UsageError("uid=/gid= describe a local socket: only for `out` packets")
     return Packet(proto, src, sport, dst, dport, direction, **opts)  # type: ignore[arg-type]

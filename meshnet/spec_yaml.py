@@ -123,8 +123,11 @@ def load_yaml_text(data: bytes | str, field: str, label: object) -> Any:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise SpecError(field, label, f"not valid YAML ({first})") from None
-    except (RecursionError, ValueError) as exc:  # ValueError: e.g. a huge int/float literal
-        raise SpecError(field, label, f"not a usable YAML document ({type(exc).__name__})") from None
+    except RecursionError:
+        raise SpecError(field, label, "not a usable YAML document (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        reason = str(exc).split(":")[0][:80]
+        raise SpecError(field, label, f"not a usable YAML document ({reason})") from None
 
 
 def load_spec_file(path: str) -> Spec:

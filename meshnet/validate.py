@@ -94,6 +94,8 @@ def format_cidr(field: str, text: str) -> str:
     """Validate a CIDR and render it the way Go's netip.Prefix.String() does (address kept, not masked)."""
     if "/" not in text:
         raise SpecError(field, text, "expected a CIDR such as 10.0.0.0/8 (prefix length missing)")
+    if "%" in text:  # ipaddress accepts "fe80::1%eth0/64"; a zone id cannot reach a rule
+        raise SpecError(field, text, "a CIDR with a zone id (%...) cannot be matched by a rule")
     import ipaddress  # lazy: ~2.5 ms, and most pods carry no CIDR at all
 
     try:

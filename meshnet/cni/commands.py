@@ -59,6 +59,8 @@ def _cleanup_quietly(netns: Netns, log: Log) -> None:
 def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> dict[str, Any] | None:
     addresses = prev_result_addresses(doc)
     check_netns_path(env.netns)
+    if os.path.exists(env.netns):
+        _netns(env)  # a namespace given must be a pod's: never the plugin's own, even for a skipped pod
     pod = load_pod(env, config, doc, log)
     try:
         reason = skip_reason(pod, config)
