@@ -126,6 +126,11 @@ def test_istio_policy_routing_without_tproxy_rules_is_an_orphan(topo: Topology, 
     assert (code, doc["in_sync"], doc["healthy"]) == (0, True, False)
     assert [f["kind"] for f in doc["findings"]] == ["tproxy-routing-orphan"]  # type: ignore[index]
     topo.pod.run(["ip", "-6", "rule", "del", "fwmark", "1337", "lookup", "133"])
+    # What `-m TPROXY -r 255` used to leave after cleanup (issue 10, defect 6): Istio's mark, table local.
+    topo.pod.run(["ip", "rule", "add", "fwmark", "1337", "lookup", "local"])
+    found = problems(topo, quiet_host)
+    assert set(found) == {"tproxy-routing-orphan"} and "lookup 255" in found["tproxy-routing-orphan"][0], found
+    topo.pod.run(["ip", "rule", "del", "fwmark", "1337", "lookup", "local"])
     # The route alone (a rollback that removed the rule first) is Istio's half too.
     topo.pod.run(["ip", "route", "add", "local", "default", "dev", "lo", "table", "133"])
     found = problems(topo, quiet_host)
