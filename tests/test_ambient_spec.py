@@ -66,3 +66,29 @@ def test_enrolment() -> None:
     none = {"istio.io/dataplane-mode": "none"}
     assert enrolled({}, amb) and enrolled(amb, {}) and enrolled(amb, none)
     assert not enrolled(none, amb) and not enrolled({}, {}) and not enrolled({}, none)
+
+
+def test_cni_ambient_section_and_enrolment() -> None:
+    from meshnet.ambient.cni import parse_ambient, pod_enrolled
+    from meshnet.cni.config import parse_config
+    from meshnet.cni.pod import PodInfo
+    from meshnet.cni.protocol import CniError
+
+    cfg = parse_ambient({"redirect_dns": True, "ipv6": True, "namespaces": ["mesh"], "state_dir": "/run/x"})
+    assert cfg.spec == AmbientSpec(redirect_dns=True, enable_ipv6=True) and cfg.namespaces == ("mesh",)
+    mode = "istio.io/dataplane-mode"
+    assert pod_enrolled(PodInfo("mesh", "a"), cfg)
+    assert not pod_enrolled(PodInfo("mesh", "a", annotations={mode: "none"}), cfg)
+    assert pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}), cfg)
+    assert not pod_enrolled(PodInfo("other", "a"), cfg)
+    # Labels from the API win over the annotation stand-in; sidecar pods are never ambient's.
+    assert not pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}, labels={}), cfg)
+    assert pod_enrolled(PodInfo("other", "a", labels={mode: "ambient"}), cfg)
+    assert not pod_enrolled(PodInfo("mesh", "a", annotations={"sidecar.istio.io/status": "{}"}), cfg)
+    for bad in ({"namespaces": "mesh"}, {"state_dir": "rel"}, {"host_probes": "yes"}, {"redirect_dns": "maybe"},
+                {"bogus": 1}, []):
+        with pytest.raises(SpecError):
+            parse_ambient(bad)
+    with pytest.raises(CniError, match="invalid plugin configuration"):
+        parse_config({"cniVersion": "1.0.0", "ambient": {"dns_proxy": "sometimes"}})
+    assert parse_config({"cniVersion": "1.0.0"}).ambient is None

@@ -55,7 +55,8 @@ class Node:
         return subprocess.run([str(CRINODE), *args], capture_output=True, text=True, timeout=timeout, env=self.env,
                               stdin=subprocess.DEVNULL)
 
-    def up(self) -> None:
+    def up(self, plugin: dict[str, Any] | None = None) -> None:
+        """`plugin`: the meshnet-cni conflist entry (default: iptables-nft, pod annotations)."""
         template = _template()
         self.base.mkdir(mode=0o700)
         shutil.copytree(template / "client", self.base / "client")
@@ -68,8 +69,9 @@ class Node:
         conf = {"cniVersion": "1.0.0", "name": f"mn-{self.token}", "plugins": [
             {"type": "bridge", "bridge": f"mn-br{self.token}", "isGateway": False, "ipMasq": False,
              "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(self.base / "cni" / "ipam")}},
-            {"type": "meshnet-cni", "backend": "iptables-nft", "log_file": str(self.base / "log" / "meshnet-cni.log"),
-             "capabilities": {"io.kubernetes.cri.pod-annotations": True}}]}
+            plugin or {"type": "meshnet-cni", "backend": "iptables-nft",
+                       "log_file": str(self.base / "log" / "meshnet-cni.log"),
+                       "capabilities": {"io.kubernetes.cri.pod-annotations": True}}]}
         (self.base / "cni" / "net.d" / "10-mn.conflist").write_text(json.dumps(conf))
         self._check(self.crinode("start"), "start")
 

@@ -105,7 +105,11 @@ def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> N
               help="Serve Prometheus metrics on this address (e.g. 15099 or 127.0.0.1:15099).")
 @click.option("--doctor-interval", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="With --metrics-port: seconds between node-wide doctor sweeps (0: none).")
-def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None, doctor_interval: float) -> None:
+@click.option("--ambient-conflist", default="", metavar="PATH",
+              help="Ambient node agent: the conflist whose meshnet-cni entry has an `ambient` section; "
+                   "recorded pods are reconciled at start.")
+def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None, doctor_interval: float,
+              ambient_conflist: str) -> None:
     """Serve plugin requests from warm, pre-forked workers (optional; the plugin works without it)."""
 
     def go() -> int:
@@ -121,6 +125,6 @@ def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         return serve(socket_path or DEFAULT_SOCKET, workers, metrics_address=metrics_address,
-                     doctor_interval=doctor_interval)
+                     doctor_interval=doctor_interval, ambient_conflist=ambient_conflist)
 
     raise SystemExit(guarded(go))

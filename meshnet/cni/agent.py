@@ -111,13 +111,19 @@ def _spawn(listener: socket.socket, reports: socket.socket | None = None) -> int
 
 
 def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | None = None,
-          metrics_address: str | None = None, doctor_interval: float = 0.0) -> int:
+          metrics_address: str | None = None, doctor_interval: float = 0.0, ambient_conflist: str = "") -> int:
     """Run until SIGTERM/SIGINT. Prints READY (to `ready`, default stdout) once accepting.
 
     With `metrics_address` (PORT or HOST:PORT) the supervisor serves Prometheus metrics there and,
     every `doctor_interval` seconds (0: never), sweeps the node with doctor in a forked child.
     """
     _preload()
+    if ambient_conflist:  # ambient node agent: reconcile every recorded pod before serving new ones
+        from meshnet.ambient import cni as ambient
+
+        ambient.IN_AGENT = True  # the workers forked below program ambient pods
+        for line in ambient.agent_start(ambient_conflist):
+            sys.stderr.write(f"meshnet-cni agent: ambient: {line}\n")
     metrics = scrape = sweeper = None
     worker_end = supervisor_end = None
     if metrics_address is not None:

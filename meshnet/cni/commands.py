@@ -62,6 +62,11 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     if os.path.exists(env.netns):
         _netns(env)  # a namespace given must be a pod's: never the plugin's own, even for a skipped pod
     pod = load_pod(env, config, doc, log)
+    if config.ambient is not None and pod.namespace not in config.exclude_namespaces:
+        from meshnet.ambient.cni import pod_enrolled
+
+        if pod_enrolled(pod, config.ambient):
+            return _add_ambient(env, config, doc, log, pod, addresses)
     try:
         reason = skip_reason(pod, config)
     except SpecError as exc:  # an invalid interception mode: fail, and drop what an earlier ADD left
@@ -106,7 +111,29 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     return passthrough_result(doc, config.cni_version)
 
 
+def _add_ambient(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log, pod: PodInfo,
+                 addresses: list[str]) -> dict[str, Any]:
+    """An enrolled ambient pod: the node agent programs it (fails when no agent runs, as istio-cni)."""
+    from meshnet.ambient import cni as ambient
+
+    netns = _netns(env)
+    try:
+        message = ambient.add(netns, env.container_id, pod, config.ambient, config.backend, addresses)
+    except SpecError as exc:
+        _cleanup_quietly(netns, log)
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+    except MeshnetError as exc:
+        _cleanup_quietly(netns, log)
+        raise CniError(E_APPLY_FAILED, f"cannot program ambient pod {pod.namespace}/{pod.name}: {exc}") from None
+    log.info("ambient redirection programmed", result=message)
+    return passthrough_result(doc, config.cni_version)
+
+
 def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log) -> dict[str, Any] | None:
+    if config.ambient is not None and env.container_id:
+        from meshnet.ambient.cni import delete
+
+        delete(env.container_id, config.ambient)  # the agent's record and the node's probe set entries
     # The spec: DEL succeeds when the namespace or the state is already gone.
     if not env.netns or (env.netns.startswith("/") and not os.path.exists(env.netns)):
         log.info("namespace already gone: nothing to remove")

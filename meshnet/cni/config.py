@@ -35,6 +35,19 @@ class PluginConfig:
     kubeconfig: str = ""
     k8s_timeout: float = 5.0
     defaults: CniDefaults = CniDefaults()
+    ambient: Any = None  # meshnet.ambient.cni.AmbientCniConfig when the `ambient` section is given
+
+
+def _ambient(doc: Mapping[str, Any]) -> Any:
+    if "ambient" not in doc:
+        return None  # sidecar-only nodes never import the ambient modules
+    from meshnet.ambient.cni import parse_ambient
+    from meshnet.errors import SpecError
+
+    try:
+        return parse_ambient(doc["ambient"])
+    except SpecError as exc:
+        raise CniError(E_INVALID_CONFIG, f"invalid plugin configuration: {exc}") from None
 
 
 def _bad(field: str, value: object, reason: str) -> CniError:
@@ -104,6 +117,7 @@ def parse_config(doc: Mapping[str, Any]) -> PluginConfig:
         kubeconfig=_str(doc, "kubeconfig", ""),
         k8s_timeout=_timeout(doc),
         defaults=_defaults(doc),
+        ambient=_ambient(doc),
     )
 
 
