@@ -147,3 +147,22 @@ def test_cli_apply_diff_cleanup(pod: Netns) -> None:
     assert snapshot(pod) == before
     out = _cli("apply", "--ambient", "--dns-proxy", "sometimes", "--netns", pod.path)
     assert out.returncode != 0 and out.stderr.count("\n") == 1 and snapshot(pod) == before
+
+
+def test_cni_check_compares_an_ambient_pod_with_its_spec(pod: Netns) -> None:
+    from meshnet.cni.commands import cmd_check
+    from meshnet.cni.config import parse_config
+    from meshnet.cni.log import Log
+    from meshnet.cni.protocol import CniEnv, CniError
+
+    doc = {"cniVersion": "1.0.0", "name": "t", "backend": "iptables-nft",
+           "ambient": {"namespaces": ["mesh"], "redirect_dns": True}}
+    config = parse_config(doc)
+    env = CniEnv("CHECK", "c1", pod.path, "eth0", {"K8S_POD_NAMESPACE": "mesh", "K8S_POD_NAME": "p"})
+    with pytest.raises(CniError, match="redirection differs") as err:
+        cmd_check(env, config, doc, Log())
+    assert "no ambient rules installed" in err.value.details
+    apply_ambient(pod, AmbientSpec(redirect_dns=True), backend="iptables-nft")
+    assert cmd_check(env, config, doc, Log()) is None
+    other = CniEnv("CHECK", "c1", pod.path, "eth0", {"K8S_POD_NAMESPACE": "elsewhere", "K8S_POD_NAME": "p"})
+    assert cmd_check(other, config, doc, Log()) is None  # not enrolled, no sidecar: nothing to check

@@ -164,6 +164,11 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
     if not version_at_least(config.cni_version, "0.4.0"):
         raise CniError(E_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {config.cni_version}")
     pod = load_pod(env, config, doc, log)
+    if config.ambient is not None and pod.namespace not in config.exclude_namespaces:
+        from meshnet.ambient.cni import pod_enrolled
+
+        if pod_enrolled(pod, config.ambient):
+            return _check_ambient(env, config, pod)
     reason = _skip_for_check(pod, config)
     if reason:
         log.debug("check: pod not programmed", reason=reason)
@@ -184,6 +189,23 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
         raise CniError(E_DRIFT, f"pod {pod.namespace}/{pod.name}: interception rules differ from the pod's spec "
                        f"({len(drift)} difference(s))", "\n".join(drift))
     return None
+
+
+def _check_ambient(env: CniEnv, config: PluginConfig, pod: PodInfo) -> None:
+    from meshnet.ambient.apply import ambient_drift
+    from meshnet.ambient.spec import overrides_from_annotations
+
+    netns = _netns(env)
+    try:
+        spec = overrides_from_annotations(config.ambient.spec, pod.annotations)
+        drift = ambient_drift(netns, spec)
+    except SpecError as exc:
+        raise CniError(E_INVALID_POD_SPEC, f"pod {pod.namespace}/{pod.name}: {exc}") from None
+    except MeshnetError as exc:
+        raise CniError(E_APPLY_FAILED, f"cannot read the rules of pod {pod.namespace}/{pod.name}: {exc}") from None
+    if drift:
+        raise CniError(E_DRIFT, f"ambient pod {pod.namespace}/{pod.name}: redirection differs from its spec "
+                       f"({len(drift)} difference(s))", "\n".join(drift))
 
 
 def _needs_1_1(config: PluginConfig, command: str) -> None:
