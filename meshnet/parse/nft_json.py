@@ -63,24 +63,43 @@ def parse_nft_json(text: str, prefix: str = TABLE_PREFIX) -> NftRuleset:
         doc = json.loads(text) if text.strip() else {"nftables": []}
     except json.JSONDecodeError as exc:
         raise NftParseError(f"nft -j output is not JSON: {exc}") from None
+    items = doc.get("nftables", []) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise NftParseError("nft -j output has no \"nftables\" list")
     out = NftRuleset()
-    for item in doc.get("nftables", []):
-        if "table" in item:
-            t = item["table"]
-            if not _is_istio(t, prefix=prefix):
-                out.other_tables.append(f"{t.get('family')} {t.get('name')}")
-        elif "chain" in item and _is_istio(item["chain"], "table", prefix):
-            c = item["chain"]
-            key = (c["table"].removeprefix(prefix), c["name"])
-            out.chains.setdefault(key, [])
-            if "hook" in c:
-                out.base_chains[key] = BaseChain(c.get("type", ""), c["hook"], int(c.get("prio", 0)),
-                                                 c.get("policy", "accept"))
-        elif "rule" in item and _is_istio(item["rule"], "table", prefix):
-            r = item["rule"]
-            rule = rule_from_exprs(r["table"].removeprefix(prefix), r["chain"], r.get("expr", []))
-            out.chains.setdefault((rule.table, rule.chain), []).append(rule)
+    for item in items:
+        try:
+            _add_item(out, item, prefix)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # Not in the shape nft prints: a foreign object is no concern of ours; one in Istio's
+            # tables is kept as a rule nothing can evaluate (explain: uncertain; diff: a difference).
+            obj = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else None
+            if isinstance(obj, dict) and "rule" in item and _is_istio(obj, "table", prefix):
+                bad = UNSUPPORTED + json.dumps(obj.get("expr"), sort_keys=True, default=str)
+                key = (str(obj["table"]).removeprefix(prefix), str(obj.get("chain", "?")))
+                out.chains.setdefault(key, []).append(NftRule(key[0], key[1], (bad,), (), None))
     return out
+
+
+def _add_item(out: NftRuleset, item: Any, prefix: str) -> None:
+    """One object of the list: Istio's chains and rules are kept, every other table only named."""
+    if not isinstance(item, dict):
+        return
+    if "table" in item:
+        t = item["table"]
+        if not _is_istio(t, prefix=prefix):
+            out.other_tables.append(f"{t.get('family')} {t.get('name')}")
+    elif "chain" in item and _is_istio(item["chain"], "table", prefix):
+        c = item["chain"]
+        key = (c["table"].removeprefix(prefix), c["name"])
+        out.chains.setdefault(key, [])
+        if "hook" in c:
+            out.base_chains[key] = BaseChain(c.get("type", ""), c["hook"], int(c.get("prio", 0)),
+                                             c.get("policy", "accept"))
+    elif "rule" in item and _is_istio(item["rule"], "table", prefix):
+        r = item["rule"]
+        rule = rule_from_exprs(r["table"].removeprefix(prefix), r["chain"], r.get("expr", []))
+        out.chains.setdefault((rule.table, rule.chain), []).append(rule)
 
 
 def _is_istio(obj: dict[str, Any], key: str = "name", prefix: str = TABLE_PREFIX) -> bool:
