@@ -371,6 +371,8 @@ def explain_live(netns: Netns, packet: Packet, state: LiveState | None = None) -
     packet, route_note = resolve_oif(netns, packet)
     packet, owner_note = owner_defaults(packet)
     backends = state.istio_backends()
+    # A table iptables-nft-save could not show may hold Istio's rules: walk it (uncertain), never "no rules".
+    backends += [b for b in state.xtables if b not in backends and state.ruleset(b, packet.family).unreadable]
     results: list[Explanation] = []
     for backend in backends:
         if backend == NFTABLES:

@@ -156,6 +156,7 @@ def _any_fwmark_rule(netns: Netns) -> bool:
 # Istio's defaults (--istio-inbound-tproxy-mark / --istio-inbound-tproxy-route-table): what cleanup
 # removes when neither live Istio rules nor a spec say more.
 DEFAULT_TPROXY = (1337, 133)
+OUTBOUND_MARK = 1338  # Istio's mark for the proxy's own traffic over lo (mangle OUTPUT / nft output)
 FR_ACT_TO_TBL = 1
 FULL_MASK = 0xFFFFFFFF
 # Everything `ip rule add fwmark M lookup T` (Istio's only form) makes the kernel report.
@@ -211,12 +212,14 @@ def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[t
 
 
 def nft_marks(actions: Iterable[str]) -> set[int]:
-    """Marks Istio's native nft rules set (`meta mark set 1337`), from their action texts."""
+    """TPROXY marks Istio's native nft rules set (`meta mark set 1337`), from their action texts;
+    not the outbound mark 1338, which no policy rule of Istio's uses."""
     out: set[int] = set()
     for text in actions:
         words = text.split()
         if words[:3] == ["meta", "mark", "set"] and len(words) == 4 and words[3].isdigit():
             out.add(int(words[3]))
+    out.discard(OUTBOUND_MARK)
     return out
 
 
