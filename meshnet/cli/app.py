@@ -14,6 +14,7 @@ from meshnet.cli.doctor_cmd import doctor_cmd
 from meshnet.cli.explain_cmd import explain_cmd
 from meshnet.cli.probe_cmd import probe_group
 from meshnet.cli.render_cmd import render_cmd
+from meshnet.cli.repair_cmd import repair_cmd
 from meshnet.cli.status_cmd import status_cmd
 from meshnet.cli.validate_cmd import validate_cmd
 
@@ -44,5 +45,6 @@ cli.add_command(diff_cmd)
 cli.add_command(explain_cmd)
 cli.add_command(doctor_cmd)
 cli.add_command(collect_cmd)
+cli.add_command(repair_cmd)
 cli.add_command(conntrack_group)
 cli.add_command(probe_group)

@@ -111,11 +111,14 @@ def _spawn(listener: socket.socket, reports: socket.socket | None = None) -> int
 
 
 def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | None = None,
-          metrics_address: str | None = None, doctor_interval: float = 0.0, ambient_conflist: str = "") -> int:
+          metrics_address: str | None = None, doctor_interval: float = 0.0, ambient_conflist: str = "",
+          repair: RepairOptions | None = None) -> int:
     """Run until SIGTERM/SIGINT. Prints READY (to `ready`, default stdout) once accepting.
 
     With `metrics_address` (PORT or HOST:PORT) the supervisor serves Prometheus metrics there and,
     every `doctor_interval` seconds (0: never), sweeps the node with doctor in a forked child.
+    With `repair`, every `repair.interval` seconds a forked child repairs the node's meshed pods in
+    place (meshnet.repair), one log line per repair on stderr, counted in the metrics.
     """
     _preload()
     if ambient_conflist:  # ambient node agent: reconcile every recorded pod before serving new ones
@@ -124,7 +127,7 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
         ambient.IN_AGENT = True  # the workers forked below program ambient pods
         for line in ambient.agent_start(ambient_conflist):
             sys.stderr.write(f"meshnet-cni agent: ambient: {line}\n")
-    metrics = scrape = sweeper = None
+    metrics = scrape = sweeper = repairer = None
     worker_end = supervisor_end = None
     if metrics_address is not None:
         from meshnet.cni.metrics import AgentMetrics, Sweeper, http_listener
@@ -133,6 +136,11 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
         scrape = http_listener(metrics_address)
         supervisor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         sweeper = Sweeper(doctor_interval, metrics)
+    if repair is not None and repair.interval > 0:
+        from meshnet.cni.metrics import Sweeper
+
+        deliver = metrics.add_repair_pass if metrics is not None else _log_failed_pass
+        repairer = Sweeper(repair.interval, metrics, work=repair.run_pass, deliver=deliver)
     listener = _listen(path)
     children = {_spawn(listener, worker_end) for _ in range(workers)}
     stopping = False
@@ -146,10 +154,12 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
     print("READY", file=ready or sys.stdout, flush=True)
     try:
         while not stopping:
-            if metrics is None:
-                time.sleep(0.2)
+            if metrics is not None:
+                _metrics_step(metrics, scrape, supervisor_end, sweeper, repairer)
+            elif repairer is not None:
+                _repair_step(repairer)
             else:
-                _metrics_step(metrics, scrape, supervisor_end, sweeper)
+                time.sleep(0.2)
             for pid in list(children):  # only our workers: the sweeper reaps its own child
                 try:
                     done, _ = os.waitpid(pid, os.WNOHANG)
@@ -159,8 +169,9 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
                     children.discard(pid)
                     children.add(_spawn(listener, worker_end))
     finally:
-        if sweeper is not None:
-            sweeper.stop()
+        for periodic in (sweeper, repairer):
+            if periodic is not None:
+                periodic.stop()
         for s in (scrape, supervisor_end, worker_end):
             if s is not None:
                 s.close()
@@ -183,16 +194,18 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
 
 
 def _metrics_step(metrics: object, scrape: socket.socket | None, reports: socket.socket | None,
-                  sweeper: object) -> None:
-    """One turn of the supervisor loop: scrapes, worker reports, the sweeper's pipe (0.2 s at most)."""
+                  sweeper: object, repairer: object = None) -> None:
+    """One turn of the supervisor loop: scrapes, worker reports, the sweepers' pipes (0.2 s at most)."""
     import select
 
     from meshnet.cni.metrics import AgentMetrics, Sweeper, serve_scrape
 
     assert isinstance(metrics, AgentMetrics) and isinstance(sweeper, Sweeper)
     assert scrape is not None and reports is not None
-    sweeper.tick()
-    fds: list[object] = [scrape, reports] + ([sweeper.fd] if sweeper.fd is not None else [])
+    periodic = [p for p in (sweeper, repairer) if isinstance(p, Sweeper)]
+    for p in periodic:
+        p.tick()
+    fds: list[object] = [scrape, reports] + [p.fd for p in periodic if p.fd is not None]
     try:
         readable, _, _ = select.select(fds, [], [], 0.2)
     except InterruptedError:
@@ -207,4 +220,49 @@ def _metrics_step(metrics: object, scrape: socket.socket | None, reports: socket
                 except BlockingIOError:
                     break
         else:
-            sweeper.readable()
+            next(p for p in periodic if p.fd == r).readable()
+
+
+def _repair_step(repairer: object) -> None:
+    """The supervisor loop without metrics: only the repair child's pipe (0.2 s at most)."""
+    import select
+
+    from meshnet.cni.metrics import Sweeper
+
+    assert isinstance(repairer, Sweeper)
+    repairer.tick()
+    if repairer.fd is None:
+        time.sleep(0.2)
+        return
+    try:
+        readable, _, _ = select.select([repairer.fd], [], [], 0.2)
+    except InterruptedError:
+        return
+    if readable:
+        repairer.readable()
+
+
+def _log_failed_pass(summary: dict[str, object]) -> None:
+    if "error" in summary:
+        sys.stderr.write(f"repair: pass failed: {summary['error']}\n")
+
+
+class RepairOptions:
+    """The agent's repair loop (`meshnet cni agent --repair-interval S`)."""
+
+    def __init__(self, interval: float, cri: str, max_repairs: int, conflist: str | None = None,
+                 conf_dir: str | None = None) -> None:
+        self.interval, self.cri, self.max_repairs = interval, cri, max_repairs
+        self.conflist, self.conf_dir = conflist, conf_dir
+
+    def run_pass(self) -> dict[str, object]:
+        """In the forked child: one pass; rows go back to the supervisor for the counters."""
+        from meshnet.cri import list_sandboxes, sandbox_ready
+        from meshnet.repair import load_config, repair_all
+
+        config = load_config(self.conflist, self.conf_dir)
+        rows = repair_all(list_sandboxes(self.cri), config, max_repairs=self.max_repairs,
+                          log=lambda line: sys.stderr.write(f"repair: {line}\n"),
+                          still_ready=lambda sandbox: sandbox_ready(self.cri, sandbox))
+        sys.stderr.flush()
+        return {"rows": [r.to_dict() for r in rows]}

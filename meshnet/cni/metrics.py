@@ -14,7 +14,10 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -57,6 +60,15 @@ class AgentMetrics:
                                    registry=r)
         self.sweep_time = Gauge("meshnet_node_doctor_last_run_timestamp_seconds", "End of the last node sweep",
                                 registry=r)
+        self.repairs = Counter("meshnet_repairs", "Pods repaired in place by the agent's repair loop, by reason",
+                               ["reason"], registry=r)
+        self.repair_outcomes = Counter("meshnet_repair_pods", "Repair loop outcomes per pod that needed work "
+                                       "(repaired, would-repair, invalid, busy, deferred, gone, failed)",
+                                       ["action", "reason"], registry=r)
+        self.repair_passes = Counter("meshnet_repair_passes", "Repair loop passes over the node", ["result"],
+                                     registry=r)
+        for reason in ("missing", "drift", "partial"):
+            self.repairs.labels(reason)
         for result in ("healthy", "findings", "not_inspected"):
             self.namespaces.labels(result)
         self._containers: set[str] = set()
@@ -91,6 +103,19 @@ class AgentMetrics:
         self.sweep_seconds.set(summary["seconds"])
         self.sweep_time.set(time.time())
 
+    def add_repair_pass(self, summary: dict[str, Any]) -> None:
+        if "error" in summary:
+            self.repair_passes.labels("error").inc()
+            return
+        self.repair_passes.labels("ok").inc()
+        for row in summary.get("rows", []):
+            action, reason = str(row.get("action", "")), str(row.get("reason", ""))
+            if action in ("ok", "skipped"):
+                continue
+            self.repair_outcomes.labels(action, reason).inc()
+            if action == "repaired":
+                self.repairs.labels(reason).inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -115,11 +140,16 @@ def sweep_summary(jobs: int = 4, timeout: float = 30.0) -> dict[str, Any]:
 
 
 class Sweeper:
-    """Runs sweep_summary in a forked child every `interval` seconds (the supervisor stays single-threaded)."""
+    """Runs `work` (default: sweep_summary) in a forked child every `interval` seconds and hands its
+    JSON-able result to `deliver` (default: the metrics' add_sweep); the supervisor stays single-threaded."""
 
-    def __init__(self, interval: float, metrics: AgentMetrics) -> None:
+    def __init__(self, interval: float, metrics: AgentMetrics | None,
+                 work: Callable[[], dict[str, Any]] | None = None,
+                 deliver: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.interval = interval
         self.metrics = metrics
+        self.work = work or sweep_summary
+        self.deliver = deliver or (metrics.add_sweep if metrics is not None else (lambda summary: None))
         self.pid: int | None = None
         self.fd: int | None = None
         self.started = 0.0
@@ -130,7 +160,7 @@ class Sweeper:
         now = time.monotonic()
         if self.pid is not None and now - self.started > max(self.interval, 60.0):
             self._reap(kill=True)
-            self.metrics.add_sweep({"error": "timeout"})
+            self.deliver({"error": "timeout"})
         if self.pid is None and self.interval > 0 and now >= self.next:
             self._start()
 
@@ -143,7 +173,7 @@ class Sweeper:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                out = json.dumps(sweep_summary()).encode()
+                out = json.dumps(self.work()).encode()
             except Exception as exc:  # noqa: BLE001 - reported as a failed sweep
                 out, code = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode(), 1
             try:
@@ -164,9 +194,10 @@ class Sweeper:
         data = self.buf
         self._reap(kill=False)
         try:
-            self.metrics.add_sweep(json.loads(data))
+            summary = json.loads(data)
         except ValueError:
-            self.metrics.add_sweep({"error": "bad summary"})
+            summary = {"error": "bad summary"}
+        self.deliver(summary)
 
     def _reap(self, kill: bool) -> None:
         if self.pid is not None:

@@ -63,17 +63,47 @@ def list_sandboxes(endpoint: str) -> list[dict[str, Any]]:
         items = stub.ListPodSandbox(pb.ListPodSandboxRequest(filter=ready), timeout=CALL_TIMEOUT).items
         out = []
         for sb in items:
-            try:
-                st = stub.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sb.id, verbose=True),
-                                           timeout=CALL_TIMEOUT)
-            except grpc.RpcError:
+            st = _status(stub, pb, grpc, sb.id)
+            if st is None:
                 continue  # removed meanwhile
             netns, pid = _netns_of(dict(st.info))
             out.append({"id": sb.id, "name": sb.metadata.name, "namespace": sb.metadata.namespace,
                         "uid": sb.metadata.uid, "annotations": dict(st.status.annotations or sb.annotations),
+                        "labels": dict(st.status.labels or sb.labels),
                         "ip": st.status.network.ip, "netns": netns, "pid": pid})
         return out
     except grpc.RpcError as exc:
         raise CriError(f"CRI {endpoint}: {exc.code().name}: {exc.details()}") from None
+    finally:
+        channel.close()
+
+
+def _status(stub: Any, pb: Any, grpc: Any, sandbox_id: str, verbose: bool = True) -> Any:
+    """PodSandboxStatus, None when the sandbox is gone; a slow runtime gets a second try."""
+    for attempt in (1, 2):
+        try:
+            return stub.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=verbose),
+                                         timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND or attempt == 2:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+    return None
+
+
+def sandbox_ready(endpoint: str, sandbox_id: str) -> bool:
+    """Is this sandbox still there and READY (not being stopped or removed)?"""
+    import grpc
+
+    from meshnet.cri import cri_subset_pb2 as pb
+    from meshnet.cri import cri_subset_pb2_grpc as pbg
+
+    channel = _channel(endpoint)
+    try:
+        st = _status(pbg.RuntimeServiceStub(channel), pb, grpc, sandbox_id, verbose=False)
+        return st is not None and st.status.state == pb.SANDBOX_READY
+    except grpc.RpcError:
+        return False
     finally:
         channel.close()
