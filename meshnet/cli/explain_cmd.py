@@ -11,15 +11,15 @@ from meshnet.cli.errors import diagnostic
 
 
 def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
+    from meshnet.cli.inspect_target import inspect_target
     from meshnet.errors import UsageError
     from meshnet.explain_packet import parse_packet
     from meshnet.explain_trace import trace_packet
-    from meshnet.netns import Netns
 
     packet = parse_packet(packet_text)
-    if netns_name is None and pid is None:
-        raise UsageError("give the pod's namespace: --netns NAME|PATH or --pid PID")
-    netns = Netns.resolve(netns=netns_name, pid=pid)
+    if netns_name is not None and pid is not None:
+        raise UsageError("give either --netns or --pid, not both")
+    netns = inspect_target(netns_name, pid)  # neither: the namespace meshnet runs in
     explanations, traces, sent = trace_packet(netns, packet)
     if as_json:
         sys.stdout.write(json.dumps({"netns": netns.label, "sent": sent,
