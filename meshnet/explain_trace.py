@@ -108,6 +108,59 @@ def remove_stale_tables(netns: Netns) -> list[str]:
     return removed
 
 
+NFNLGRP_NFTRACE = 9  # the multicast group `nft monitor trace` joins
+SUBSCRIBE_WAIT, FIRST_EVENT_WAIT, QUIET = 10.0, 5.0, 0.3  # seconds; generous: loaded CI machines
+
+
+class _Reader:
+    """Collects the monitor's lines in a thread, so waiting for them has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self._last = time.monotonic()
+        self._proc = proc
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self._last = time.monotonic()
+
+    def settle(self) -> None:
+        """Wait for the first trace line (bounded), then until the monitor has been quiet a moment."""
+        deadline = time.monotonic() + FIRST_EVENT_WAIT
+        while not any(ln.startswith("trace id") for ln in self.lines) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        while time.monotonic() - self._last < QUIET and time.monotonic() < deadline + QUIET:
+            time.sleep(0.02)
+
+
+def trace_subscribers(netns: Netns) -> set[str]:
+    """Inodes of the namespace's netfilter netlink sockets in the trace group (/proc/net/netlink)."""
+    bit = 1 << (NFNLGRP_NFTRACE - 1)
+    out = set()
+    for line in netns.read_proc_net("netlink").splitlines()[1:]:
+        cols = line.split()
+        if len(cols) > 9 and cols[1] == "12" and int(cols[3], 16) & bit:
+            out.add(cols[9])
+    return out
+
+
+def _wait_subscribed(netns: Netns, monitor: subprocess.Popen[str], before: set[str]) -> None:
+    """Until a new trace-group socket (the monitor's) exists: then no event of our packet is missed."""
+    deadline = time.monotonic() + SUBSCRIBE_WAIT
+    while time.monotonic() < deadline:
+        if monitor.poll() is not None:
+            raise CannotTrace("`nft monitor trace` exited at once: this nft cannot trace")
+        if trace_subscribers(netns) - before:
+            return
+        time.sleep(0.02)
+    raise CannotTrace(f"`nft monitor trace` did not subscribe within {SUBSCRIBE_WAIT:g}s")
+
+
 def _die_with_parent() -> None:
     """In the monitor's child: a SIGKILLed meshnet must not leave `nft monitor` running."""
     import ctypes
@@ -392,35 +445,47 @@ def trace_packet(netns: Netns, packet: Packet) -> tuple[list[Explanation], list[
 
         packet = replace(packet, iif=main.iface if main else "eth0")
     explanations = explain_live(netns, packet, live)
-    removed = remove_stale_tables(netns)
-    name = f"{TABLE_PREFIX}{os.getpid()}"
+    from meshnet.backends.nslock import locked
+
+    with locked(netns):  # adding and deleting a table is a write: one writer per namespace
+        removed, sent, lines = _traced_send(netns, packet, explanations[0].packet)
     hook = "output" if packet.direction == "out" else "prerouting"
-    monitor: subprocess.Popen[str] | None = None
-    lines: list[str] = []
-    try:
-        _nft(netns, "-f", "-", input=table_text(name, packet))
-        monitor = netns.popen(["nft", "-a", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, preexec_fn=_die_with_parent)
-        time.sleep(0.4)  # the monitor subscribes before the packet is sent
-        sent = send_out(netns, explanations[0].packet) if packet.direction == "out" else send_in(netns, packet)
-        time.sleep(0.6)
-    finally:
-        if monitor is not None:
-            monitor.terminate()
-            try:
-                out, _ = monitor.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                monitor.kill()
-                out, _ = monitor.communicate()
-            lines = out.splitlines()
-        _nft(netns, "delete", "table", "inet", name, check=False)
     events, raw = parse_events(lines, hook)
     positions = handle_positions(netns)
     traces = []
     for ex in explanations:
-        notes = [*notes, *(f"removed a stale trace table: {t}" for t in removed)]
+        tnotes = [*notes, *(f"removed a stale trace table: {t}" for t in removed)]
         if not raw:
-            notes.append(f"the kernel reported no trace for the packet ({sent})")
-        observed = observed_hops(events, positions, ex.backend, live, packet.family, notes)
-        traces.append(Trace(ex.backend, predicted_hops(ex), observed, raw, notes))
+            tnotes.append(f"the kernel reported no trace for the packet ({sent})")
+        observed = observed_hops(events, positions, ex.backend, live, packet.family, tnotes)
+        traces.append(Trace(ex.backend, predicted_hops(ex), observed, raw, tnotes))
     return explanations, traces, sent
+
+
+def _traced_send(netns: Netns, packet: Packet, resolved: Packet) -> tuple[list[str], str, list[str]]:
+    """Trace table in, monitor on, the packet out, table gone (also on failure); the monitor's lines."""
+    removed = remove_stale_tables(netns)
+    name = f"{TABLE_PREFIX}{os.getpid()}"
+    monitor: subprocess.Popen[str] | None = None
+    lines: list[str] = []
+    sent = ""
+    try:
+        _nft(netns, "-f", "-", input=table_text(name, packet))
+        before = trace_subscribers(netns)
+        monitor = netns.popen(["nft", "-a", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, preexec_fn=_die_with_parent)
+        reader = _Reader(monitor)
+        _wait_subscribed(netns, monitor, before)
+        sent = send_out(netns, resolved) if packet.direction == "out" else send_in(netns, packet)
+        reader.settle()
+    finally:
+        if monitor is not None:
+            monitor.terminate()
+            try:
+                monitor.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                monitor.kill()
+                monitor.wait()
+            lines = reader.lines
+        _nft(netns, "delete", "table", "inet", name, check=False)
+    return removed, sent, lines
