@@ -478,7 +478,8 @@ def _cleanup_locked(netns: Netns, backend: str, spec: Spec | None = None) -> Cle
                 continue
             text = xt.save(netns, fam)
             marks |= istio_marks([text])
-            removal = plan_removal(text, fam, marks=marks)
+            removal = plan_removal(text, fam, marks=marks,
+                                   interfaces=spec.exclude_interfaces if spec is not None else None)
             if removal.empty:
                 continue
             _remove(netns, xt, fam, removal, prune={t: None for t in removal.tables()})

@@ -66,3 +66,10 @@ def test_an_interface_pair_after_istios_jump_is_not_istios() -> None:
 def test_nft_marks_are_the_tproxy_marks_only() -> None:
     assert nft_marks(["meta mark set 1337", "meta mark set 1338", "ct mark set mark", "meta mark set ct mark"]) \
         == {1337}
+
+
+def test_with_a_spec_only_its_excluded_interfaces_are_istios() -> None:
+    text = _save(1337)  # Istio's rules with -c eth1
+    assert "-D PREROUTING -i eth1 -j RETURN" in plan_removal(text, 4, interfaces=("eth1",)).lines("nat")
+    # The spec says no interface was excluded: the pair right above Istio's jumps is someone else's.
+    assert not any("eth1" in ln for ln in plan_removal(text, 4, interfaces=()).lines("nat"))

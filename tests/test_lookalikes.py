@@ -162,3 +162,16 @@ def test_orphan_istio_routing_in_istios_exact_shape_is_removed(pod: Topology, va
     assert "fwmark 0x539 lookup 134" in now_routing[0]  # not Istio's pair, and no live Istio rule uses 0x539
     assert "fwmark 0x1 lookup 100" in now_routing[0] and "fwmark 0x539/0xff lookup 133" in now_routing[0]
     assert "iif eth1" in now_routing[0]
+
+
+@pytest.mark.parametrize("flags", [REDIRECT, TPROXY], ids=["REDIRECT", "TPROXY"])
+def test_cleanup_only_with_istios_flags_keeps_every_lookalike(pod: Topology, variant: str,
+                                                              flags: list[str]) -> None:
+    """`istio-iptables --cleanup-only` knows the config: no `-c eth1`, so the eth1 RETURN pairs that sit
+    right above Istio's jumps are not Istio's; everything else of Istio's goes, all look-alikes stay."""
+    ns = pod.pod
+    before = state(ns, variant)
+    meshnet("istio-iptables", "--network-namespace", ns.path, *flags)  # auto: where the look-alikes are
+    assert any("ISTIO_OUTPUT" in r for r in rules(ns, variant)[4])
+    meshnet("istio-iptables", "--network-namespace", ns.path, "--cleanup-only", *flags)
+    assert state(ns, variant) == before

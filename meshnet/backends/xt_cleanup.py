@@ -113,12 +113,15 @@ def _rule_mark(rule: Rule) -> int | None:
 
 
 def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None = None,
-                 first: frozenset[RuleKey] = frozenset(), marks: Iterable[int] = ()) -> Removal:
+                 first: frozenset[RuleKey] = frozenset(), marks: Iterable[int] = (),
+                 interfaces: Iterable[str] | None = None) -> Removal:
     """What to remove: everything Istio's, or (`only`) that many copies of those rules.
 
     `marks`: TPROXY marks known from elsewhere (the spec, the other family) besides the ones this
-    text's ISTIO_* rules show. With `only`, copies of keys in `first` are taken from the top of
-    their chain (they were inserted at position 1), the others from the bottom (they were appended).
+    text's ISTIO_* rules show. `interfaces`: the spec's excluded interfaces, when a spec is known
+    (then only their RETURN pairs are Istio's; without one, the shape and place decide). With `only`,
+    copies of keys in `first` are taken from the top of their chain (they were inserted at position
+    1), the others from the bottom (they were appended).
     """
     removal = Removal()
     blocks = _blocks(save_text)
@@ -132,7 +135,8 @@ def plan_removal(save_text: str, family: Family, only: Counter[RuleKey] | None =
                 builtin.append((text, position[rule.chain], rule))
         if only is None:
             has_istio = any(c.startswith(ISTIO_PREFIX) for c in chains)
-            doomed = _istio_builtin_rules(table, [r for _, _, r in builtin], known) if has_istio else set()
+            excluded = None if interfaces is None else frozenset(interfaces)
+            doomed = _istio_builtin_rules(table, [r for _, _, r in builtin], known, excluded) if has_istio else set()
             chosen = [(t, p, r) for t, p, r in builtin if r.target.name.startswith(ISTIO_PREFIX) or id(r) in doomed]
         else:
             left = Counter(only)
@@ -168,7 +172,8 @@ def _plain(rule: Rule, kinds: set[str]) -> dict[str, Match] | None:
     return k if set(k) == kinds and len(rule.matches) == len(kinds) else None
 
 
-def _istio_builtin_rules(table: str, rules: list[Rule], marks: set[str]) -> set[int]:
+def _istio_builtin_rules(table: str, rules: list[Rule], marks: set[str],
+                         excluded: frozenset[str] | None = None) -> set[int]:
     """ids of builtin-chain rules in the exact shape (and, for TPROXY, with the mark) Istio writes there.
 
     The caller has checked that the table holds Istio chains.
@@ -199,11 +204,12 @@ def _istio_builtin_rules(table: str, rules: list[Rule], marks: set[str]) -> set[
                 doomed.add(id(r))
                 tail.append(r)
     if table in ("nat", "mangle"):
-        doomed |= _excluded_interfaces(table, rules, tail)
+        doomed |= _excluded_interfaces(table, rules, tail, excluded)
     return doomed
 
 
-def _excluded_interfaces(table: str, rules: list[Rule], tail: list[Rule]) -> set[int]:
+def _excluded_interfaces(table: str, rules: list[Rule], tail: list[Rule],
+                         excluded: frozenset[str] | None = None) -> set[int]:
     """Istio appends `-i X -j RETURN` to PREROUTING and `-o X -j RETURN` to OUTPUT before any of its
     other rules there, so each must come before Istio's jump (or TPROXY plumbing) in its chain."""
     def plain_return(r: Rule, chain: str, kind: str) -> str | None:
@@ -227,7 +233,7 @@ def _excluded_interfaces(table: str, rules: list[Rule], tail: list[Rule]) -> set
     outs = {v: r for r in rules if (v := plain_return(r, "OUTPUT", "out")) and id(r) in out_ok}
     doomed: set[int] = set()
     for nic, r in ins.items():
-        if nic in outs:
+        if nic in outs and (excluded is None or nic in excluded):
             doomed.update((id(r), id(outs[nic])))
     if table == "nat":  # kube-virt: `-I PREROUTING 1 -i X -j RETURN`, then `-I PREROUTING 1 -i X ... -j ISTIO_REDIRECT`
         seen_virt: set[str] = set()
