@@ -228,3 +228,14 @@ def test_outbound_capture_off_looks_like_a_deleted_catch_all(topo: Topology, qui
     assert set(got) == {"outbound-not-captured"}
     assert any("includeOutboundIPRanges" in line for line in got["outbound-not-captured"])
     assert diagnose(topo.pod, istio_spec("-i", ""), quiet_host).problems == []
+
+
+def test_a_rule_explain_cannot_evaluate_is_a_note_not_a_finding(topo: Topology, quiet_host: Netns) -> None:
+    """A foreign rule ahead with a match explain does not model: the probe is uncertain, and doctor says
+    so in a note instead of guessing a finding either way."""
+    build(topo, istio_spec())
+    topo.pod.run(["iptables-nft", "-t", "nat", "-I", "OUTPUT", "1", "-m", "statistic", "--mode", "random",
+                  "--probability", "0.5", "-j", "ACCEPT"])
+    report = diagnose(topo.pod, None, quiet_host)
+    assert report.problems == [], "\n".join(report.lines())
+    assert any("outbound from an app uid" in n and "uncertain" in n for n in report.notes), report.notes

@@ -6,6 +6,7 @@ iptables-legacy is refused with one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,9 +163,11 @@ def test_sigkilled_run_leaves_a_table_the_next_run_removes(topo: Topology) -> No
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert name in topo.pod.run(["nft", "list", "tables"]).stdout  # left behind by the kill
-    cp = _cli("--trace", pkt, "--netns", topo.pod.path)
+    cp = _cli("--trace", pkt, "--netns", topo.pod.path, "--json")
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert f"removed a stale trace table: {name}" in cp.stdout
+    (result,) = json.loads(cp.stdout)["results"]
+    assert result["trace"]["matches"] and result["verdict"]["kind"] == "redirect"
+    assert f"removed a stale trace table: {name}" in result["trace"]["notes"]
     assert TABLE_PREFIX not in topo.pod.run(["nft", "list", "tables"]).stdout
     # its `nft monitor` died with it (PR_SET_PDEATHSIG): no process of the killed run is left
     left = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)

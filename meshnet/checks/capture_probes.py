@@ -254,7 +254,11 @@ def run(ctx: Context) -> list[Finding]:
                                                         for k, v, _ in r.matches):
             continue
         for probe in probes(intent, fam, pod, dns_limited, cidr_limited):
-            ex = _explain(ctx, backend, probe.packet)
+            try:
+                ex = _explain(ctx, backend, probe.packet)
+            except (ValueError, KeyError, IndexError) as exc:  # a rule explain cannot even parse
+                ctx.notes.append(f"probe '{probe.name}' ({backend} v{fam}) could not be evaluated: {exc}")
+                continue
             ok = verdict_ok(probe, ex)
             if ok is None:
                 ctx.notes.append(f"probe '{probe.name}' ({backend} v{fam}) is uncertain: "

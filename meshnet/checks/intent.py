@@ -170,6 +170,8 @@ def infer(rules: list[NRule], backend: str) -> Intent:
     chains: dict[tuple[str, str], list[NRule]] = {}
     for r in rules:
         chains.setdefault((r.table, r.chain), []).append(r)
+    # A port that is not a number (a foreign rule's odd target) tells nothing about Istio's intent.
+    rules = [r for r in rules if r.action not in ("redirect", "tproxy") or r.arg.isdigit()]
     for r in rules:
         if r.action == "redirect" and r.chain == "istio-redirect":
             it.outbound_port = int(r.arg)
