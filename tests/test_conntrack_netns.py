@@ -79,6 +79,39 @@ def test_hang_with_transparent_listener_reports_collision_hang(topology: Topolog
     assert not b["ok"] and "timed out" in b["error"], b
 
 
+def _collisions(data: dict) -> dict[str, str]:
+    """client -> kind, one entry per collision finding (each finding must name exactly one group)."""
+    out = {}
+    for f in data["findings"]:
+        if f["kind"] in ("tuple-collision", "collision-hang"):
+            (c,) = f["details"]["collisions"]
+            out[c["client"]] = f["kind"]
+    return out
+
+
+def test_each_group_is_its_own_finding(topology: Topology) -> None:
+    """A hanging group (transparent listener) and, once early demux is off, a remapped ESTABLISHED
+    pair of another client: two findings, each with its own kind."""
+    install_redirect(topology.pod)
+    hold_server(topology, transparent=True)
+    a = seq_client(topology, 40030)
+    assert json.loads(readline(a, 5))["ok"]
+    time.sleep(2.5)  # A's second SYN is retransmitting into the sibling's socket by now
+    rc, data, err = analyze("--netns", topology.pod.path)
+    assert _collisions(data) == {f"{topology.peer_ip4}:40030": "collision-hang"}, data["findings"]
+    topology.pod.run(["sysctl", "-qw", "net.ipv4.tcp_early_demux=0"])  # the remap now reaches the listener
+    b = seq_client(topology, 40031)
+    assert json.loads(readline(b, 5))["ok"]
+    rb = json.loads(readline(b, 5))
+    assert rb["ok"] and rb["server"]["peer"][1] != 40031, rb  # remapped, connected
+    rc, data, err = analyze("--netns", topology.pod.path)
+    got = _collisions(data)
+    assert got[f"{topology.peer_ip4}:40031"] == "tuple-collision", data["findings"]
+    # A still hangs, or its next retransmit (early demux now off) got through remapped: either way its own
+    assert got[f"{topology.peer_ip4}:40030"] in ("collision-hang", "tuple-collision") and len(got) == 2
+    assert rc == 1, err
+
+
 def test_race_reports_race_drops(topology: Topology) -> None:
     install_redirect(topology.pod)
     hold_server(topology)
