@@ -194,3 +194,20 @@ def test_status_json_as_seen_from_outside_after_posture_run(topology: Topology) 
                         capture_output=True, text=True, timeout=60)
     doc = json.loads(cp.stdout)
     assert cp.returncode == 0 and doc["in_sync"] and doc["backends"] == ["iptables-nft"], (cp.stderr, doc)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["iptables-nft", "nftables"])
+def test_tproxy_dual_stack_traffic_in_posture(topology: Topology, native: bool) -> None:
+    """TPROXY written in posture (mark rules, policy routing, ::6): inbound over IPv4 and IPv6 reaches the
+    transparent sidecar with source and destination untouched, outbound is still REDIRECTed."""
+    ok(istio_iptables(topology.pod, *TPROXY, *(["--native-nftables"] if native else []),
+                      env={"ISTIO_DUAL_STACK": "true"}))
+    topology.start_server(topology.pod, "proxy", tcp_ports=[15001, 15006], uid=PROXY_UID, transparent=True)
+    for pod_ip, peer_ip in ((topology.pod_ip4, topology.peer_ip4), (topology.pod_ip6, topology.peer_ip6)):
+        assert pod_ip and peer_ip
+        inbound = connect(topology.peer, pod_ip, 8080)
+        assert inbound.get("name") == "proxy" and inbound["listener_port"] == 15006, inbound
+        assert inbound["local"] == [pod_ip, 8080] and inbound["peer"][0] == peer_ip, inbound
+        outbound = connect(topology.pod, peer_ip, 80, uid=1000)
+        assert outbound.get("name") == "proxy" and outbound["listener_port"] == 15001, outbound
+        assert outbound["orig_dst"] == [peer_ip, 80], outbound
