@@ -159,7 +159,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["analyze"], "--netns"),
+    (["analyze", "--netns", "x", "--pid", "1"], "not both"),  # neither: the current namespace (kubectl debug)
     (["analyze", "--netns", "mn-nope-nope"], "not found"),
     (["analyze", "--pid", "999999999"], "not found"),
     (["analyze", "--from-file", "/nonexistent/x"], "no such file"),
