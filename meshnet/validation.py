@@ -60,6 +60,10 @@ sys.exit(3)
 """
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _client_python() -> str:
     # The venv's interpreter may sit under a 0700 home that uid 1337 cannot enter.
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
@@ -87,7 +91,7 @@ def _listeners(netns: Netns, family: int, host: str) -> list[socket.socket]:
             s.setblocking(False)
         except OSError as exc:
             s.close()
-            errors.append(f"{host}:{port}: {exc.strerror}")
+            errors.append(f"{_hostport(host, port)}: {exc.strerror}")
             continue
         out.append(s)
     if not out:
@@ -162,11 +166,11 @@ class _Dialer:
             sel.unregister(s)  # connected: the listener side decides; keep the socket open until then
             self.connected = True
             self.next_try = time.time() + self.CONNECTED_GRACE
-            self.last = f"{self.dst}:{self.port} answered without being redirected to a proxy port"
+            self.last = f"{_hostport(self.dst, self.port)} answered without being redirected to a proxy port"
 
     def _failed(self, s: socket.socket, err: int) -> None:
         s.close()
-        self.last = f"{os.strerror(err)} ({self.dst}:{self.port})"
+        self.last = f"{os.strerror(err)} ({_hostport(self.dst, self.port)})"
         self.next_try = time.time() + self.RETRY_SECONDS
 
     def close(self) -> None:
@@ -215,8 +219,8 @@ def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv
                             pass  # the client may be gone; the verdict is ours
                     seen.append(port)
                     if port == probe_port:
-                        return f"validation passed in {netns.label}: {dst}:{probe_port} was redirected " \
-                               f"to {host}:{listener.getsockname()[1]}"
+                        return f"validation passed in {netns.label}: {_hostport(dst, probe_port)} was " \
+                               f"redirected to {_hostport(host, listener.getsockname()[1])}"
                     if dialer is not None:
                         dialer.close()  # landed with the wrong original port: try again
                 if client is not None and client.poll() is not None and client.returncode != 0:
@@ -228,7 +232,7 @@ def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv
             dialer.close()
         why = _stop_client(client) if client is not None else dialer.last  # type: ignore[union-attr]
     detail = f"redirected to the wrong port(s) {sorted(set(seen))}" if seen else why
-    raise ValidationFailed(f"{FAILURE_MESSAGE} ({netns.label}: {dst}:{probe_port} as uid {uid}: {detail})")
+    raise ValidationFailed(f"{FAILURE_MESSAGE} ({netns.label}: {_hostport(dst, probe_port)} as uid {uid}: {detail})")
 
 
 def _spawn_client(netns: Netns, family: int, src: str, dst: str, port: int, deadline: float, timeout: float,

@@ -211,3 +211,14 @@ def test_import_is_cheap() -> None:
     code = "import sys, meshnet.netns; print(sorted(m for m in ('pyroute2', 'ctypes') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_current_namespace_is_used_in_place() -> None:
+    """No setns thread, no nsenter for the namespace we are in: both need CAP_SYS_ADMIN, which a pod lacks."""
+    import threading
+
+    me = Netns.resolve()
+    assert me.is_current()
+    assert me.call_in(threading.get_ident) == threading.get_ident()  # ran right here, not in a new thread
+    assert me.argv(["iptables-nft-save"]) == ["iptables-nft-save"]
+    assert "lo:" in me.read_proc_net("dev")

@@ -108,3 +108,16 @@ def test_root_from_outside_validates_with_a_setpriv_client(topology: Topology) -
     cp = run("istio-iptables", "--network-namespace", ns, *ISTIO_INIT, "--run-validation")
     assert cp.returncode == 0 and "validation passed" in cp.stdout, cp.stderr
     assert run("validate", "--netns", ns).returncode == 0
+
+
+def test_ipv6_only_pod_validates_over_loopback_six(topology: Topology, proxy_meshnet: ProxyMeshnet) -> None:
+    """Istio's host-IP rule: no usable IPv4 address, so the client dials [::6]:15002 from ::1 (the ::6 on lo
+    that istio-init added), and must land on [::1]:15006."""
+    topology.pod.run(["ip", "addr", "del", f"{topology.pod_ip4}/{topology.link.prefix4}", "dev", "eth0"])
+    ok(istio_iptables(topology.pod, *ISTIO_INIT))
+    assert "::6/128" in dump(topology.pod)["lo"].split()
+    code, out, err = validation(topology, proxy_meshnet, *ISTIO_INIT)
+    assert code == 0 and "[::6]:15002 was redirected to [::1]:15006" in out, (out, err)
+    ok(istio_iptables(topology.pod, "--cleanup-only"))
+    code, _, err = validation(topology, proxy_meshnet, *ISTIO_INIT)
+    assert code == 126 and "[::6]:15002 as uid 1337" in err, err
