@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from postures import (
+    INJECTOR,
     INJECTOR_CAPEFF,
     ISTIO_INIT,
     MESHNET,
@@ -211,3 +212,14 @@ def test_tproxy_dual_stack_traffic_in_posture(topology: Topology, native: bool) 
         outbound = connect(topology.pod, peer_ip, 80, uid=1000)
         assert outbound.get("name") == "proxy" and outbound["listener_port"] == 15001, outbound
         assert outbound["orig_dst"] == [peer_ip, 80], outbound
+
+
+@pytest.mark.parametrize("flags", [ISTIO_INIT, ["--cleanup-only"], [*TPROXY, "--native-nftables"]], ids=str)
+def test_another_namespace_needs_sys_admin_and_says_so(topology: Topology, flags: list[str]) -> None:
+    """--network-namespace of another pod from the injector posture: setns/nsenter need CAP_SYS_ADMIN."""
+    before = dump(topology.pod)
+    cp = subprocess.run([*INJECTOR, *MESHNET, "istio-iptables", "--network-namespace", topology.pod.label, *flags],
+                        capture_output=True, text=True, timeout=60)
+    line = one_line_error(cp, 1)
+    assert f"entering network namespace {topology.pod.label!r}" in line and "lacks CAP_SYS_ADMIN" in line, line
+    assert dump(topology.pod) == before
