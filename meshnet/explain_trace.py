@@ -66,17 +66,21 @@ class Trace:
     observed: list[Hop]
     events: list[str] = field(default_factory=list)  # the kernel's lines of the traced packet
     notes: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # rules outside the model that decided something
 
     @property
     def matches(self) -> bool:
-        return [h.key() for h in self.predicted] == [h.key() for h in self.observed]
+        return [h.key() for h in self.predicted] == [h.key() for h in self.observed] and not self.foreign
 
     def lines(self) -> list[str]:
         out = [f"  predicted: {' -> '.join(h.line() for h in self.predicted) or '(no rule matches)'}",
                f"  observed:  {' -> '.join(h.line() for h in self.observed) or '(no rule matched)'}"]
+        if self.foreign:
+            out += [f"  finding trace-mismatch: the kernel also applied a rule explain does not model: {f}"
+                    for f in self.foreign]
         if self.matches:
             out.append("  trace: the kernel took exactly the predicted path")
-        else:
+        elif [h.key() for h in self.predicted] != [h.key() for h in self.observed]:
             first = next((i for i, (a, b) in enumerate(zip(self.predicted, self.observed, strict=False))
                           if a.key() != b.key()), min(len(self.predicted), len(self.observed)))
             out.append(f"  finding trace-mismatch: the kernel's path differs from the model's at hop {first + 1}")
@@ -85,7 +89,7 @@ class Trace:
         return out
 
     def to_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "matches": self.matches,
+        return {"backend": self.backend, "matches": self.matches, "foreign": self.foreign,
                 "predicted": [h.line() for h in self.predicted], "observed": [h.line() for h in self.observed],
                 "events": self.events, "notes": self.notes}
 
@@ -331,23 +335,30 @@ def send_in(netns: Netns, p: Packet) -> str:
 
 
 # ----------------------------------------------------------------- reading the trace
-def handle_positions(netns: Netns) -> dict[tuple[str, str, str, int], int]:
-    """(family, table, chain, handle) -> 1-based rule position, from `nft -j list ruleset`."""
+def ruleset_index(netns: Netns) -> tuple[dict[tuple[str, str, str, int], int], dict[tuple[str, str, str], str]]:
+    """From `nft -j list ruleset`: (family, table, chain, handle) -> 1-based rule position, and
+    (family, table, chain) -> hook of each base chain."""
     data = json.loads(_nft(netns, "-j", "list", "ruleset") or "{}")
     count: dict[tuple[str, str, str], int] = {}
-    out: dict[tuple[str, str, str, int], int] = {}
+    positions: dict[tuple[str, str, str, int], int] = {}
+    hooks: dict[tuple[str, str, str], str] = {}
     for item in data.get("nftables", []):
+        c = item.get("chain")
+        if c and c.get("hook"):
+            hooks[(c["family"], c["table"], c["name"])] = c["hook"]
         r = item.get("rule")
         if not r:
             continue
         k = (r["family"], r["table"], r["chain"])
         count[k] = count.get(k, 0) + 1
-        out[(*k, int(r["handle"]))] = count[k]
-    return out
+        positions[(*k, int(r["handle"]))] = count[k]
+    return positions, hooks
 
 
-def parse_events(lines: list[str], hook: str) -> tuple[list[tuple[str, str, str, int | None, str]], list[str]]:
-    """The first traced packet's rule events at `hook`: (family, table, chain, handle, line)."""
+def parse_events(lines: list[str], hook: str, hooks: dict[tuple[str, str, str], str] | None = None) \
+        -> tuple[list[tuple[str, str, str, int | None, str]], list[str]]:
+    """The first traced packet's rule events at `hook`: (family, table, chain, handle, line).
+    `hooks` names each base chain's hook; without it a base chain is known by Istio's names."""
     first_id = None
     events: list[tuple[str, str, str, int | None, str]] = []
     raw: list[str] = []
@@ -360,7 +371,8 @@ def parse_events(lines: list[str], hook: str) -> tuple[list[tuple[str, str, str,
         if m["id"] != first_id:
             continue
         if m["what"] == "packet:":
-            in_hook = m["chain"].lower() == hook
+            known = (hooks or {}).get((m["family"], m["table"], m["chain"]))
+            in_hook = (known or m["chain"].lower()) == hook
             continue
         if not in_hook:
             continue
@@ -382,22 +394,29 @@ def predicted_hops(ex: Explanation) -> list[Hop]:
     return out
 
 
+# Verdicts / statements of a rule outside the model that change where the packet goes.
+_DECISIVE = re.compile(r"\(verdict (drop|queue|stolen)\)|\b(redirect|dnat|snat|masquerade|tproxy|reject)\b")
+
+
 def observed_hops(events: list[tuple[str, str, str, int | None, str]], positions: dict[tuple[str, str, str, int], int],
-                  backend: str, live: LiveState, family: int, notes: list[str]) -> list[Hop]:
+                  backend: str, live: LiveState, family: int, notes: list[str],
+                  foreign: list[str] | None = None) -> list[Hop]:
     from meshnet.backends import NFTABLES
 
     out = []
-    for fam, table, chain, handle, _text in events:
+    for fam, table, chain, handle, text in events:
         if backend == NFTABLES:
-            if fam != "inet" or not table.startswith("istio-proxy-"):
-                notes.append(f"the packet also matched a rule outside Istio's tables: {fam} {table} {chain}")
-                continue
-            model_table = table.removeprefix("istio-proxy-")
+            outside = fam != "inet" or not table.startswith("istio-proxy-")
         else:
-            if fam not in ("ip", "ip6") or table not in MODELED:
-                notes.append(f"the packet also matched a rule in {fam} {table} {chain} (not modelled by explain)")
-                continue
-            model_table = table
+            outside = fam not in ("ip", "ip6") or table not in MODELED
+        if outside:
+            where = f"{fam} {table} {chain}: {text}"
+            if _DECISIVE.search(text) and foreign is not None:
+                foreign.append(where)
+            else:
+                notes.append(f"the packet also matched a rule explain does not walk: {where}")
+            continue
+        model_table = table.removeprefix("istio-proxy-") if backend == NFTABLES else table
         idx = positions.get((fam, table, chain, handle)) if handle is not None else None
         if idx is None:
             notes.append(f"rule handle {handle} in {fam} {table} {chain} is not in the ruleset any more")
@@ -450,15 +469,16 @@ def trace_packet(netns: Netns, packet: Packet) -> tuple[list[Explanation], list[
     with locked(netns):  # adding and deleting a table is a write: one writer per namespace
         removed, sent, lines = _traced_send(netns, packet, explanations[0].packet)
     hook = "output" if packet.direction == "out" else "prerouting"
-    events, raw = parse_events(lines, hook)
-    positions = handle_positions(netns)
+    positions, hooks = ruleset_index(netns)
+    events, raw = parse_events(lines, hook, hooks)
     traces = []
     for ex in explanations:
         tnotes = [*notes, *(f"removed a stale trace table: {t}" for t in removed)]
         if not raw:
             tnotes.append(f"the kernel reported no trace for the packet ({sent})")
-        observed = observed_hops(events, positions, ex.backend, live, packet.family, tnotes)
-        traces.append(Trace(ex.backend, predicted_hops(ex), observed, raw, tnotes))
+        foreign: list[str] = []
+        observed = observed_hops(events, positions, ex.backend, live, packet.family, tnotes, foreign)
+        traces.append(Trace(ex.backend, predicted_hops(ex), observed, raw, tnotes, foreign))
     return explanations, traces, sent
 
 

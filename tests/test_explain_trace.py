@@ -195,3 +195,16 @@ def test_mismatch_is_a_finding() -> None:
     tr = Trace("iptables-nft", [Hop("nat", "OUTPUT", 2)], [Hop("nat", "OUTPUT", 1)], raw)
     assert not tr.matches
     assert any("finding trace-mismatch" in ln and "hop 1" in ln for ln in tr.lines())
+
+
+def test_a_foreign_table_the_model_does_not_walk_is_a_mismatch(topo: Topology) -> None:
+    """Another nat chain ahead of iptables-nft's (priority -110) redirects the proxy's own traffic: explain
+    predicts Istio's RETURN, the kernel shows the foreign redirect and never reaches ISTIO_OUTPUT."""
+    apply_spec(topo.pod, istio_spec(), backend="iptables-nft")
+    topo.pod.run(["nft", "-f", "-"], input="table ip mn_foreign {\n chain out {\n  type nat hook output priority -110;"
+                                          "\n  tcp dport 80 redirect to :15001\n }\n}\n")
+    cp = _cli("--trace", f"tcp {topo.pod_ip4}:46100 -> {topo.peer_ip4}:80 out uid=1337", "--netns", topo.pod.path)
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert "finding trace-mismatch: the kernel also applied a rule explain does not model: ip mn_foreign out" \
+        in cp.stdout
+    assert "verdict: not intercepted" in cp.stdout  # the prediction, now shown to be wrong
