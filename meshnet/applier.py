@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["ApplyResult", "CleanupResult", "Status", "apply_spec", "cleanup", "detect_backend", "prepare",
            "spec_for_netns", "status"]
 
-GUARDRAILS = ("INPUT", "FORWARD", "OUTPUT")
-
-
 @dataclass(frozen=True)
 class ApplyResult:
     backend: str  # "iptables-legacy" | "iptables-nft" | "nftables" | "iptc"
@@ -174,19 +171,38 @@ def _xt_for(name: str) -> Xtables:
 
 def _xt_drift(plan: IptablesPlan, live_text: dict[Family, str]) -> tuple[bool, list[str]]:
     """(residue, drift lines) per Istio's rules, over the families the plan writes."""
+    per = _xt_by_family(plan, live_text)
+    return any(r for r, _ in per.values()), [line for _, lines in per.values() for line in lines]
+
+
+def _xt_by_family(plan: IptablesPlan, live_text: dict[Family, str]) -> dict[Family, tuple[bool, list[str]]]:
+    """family -> (Istio chains present, drift lines)."""
     if not any("ISTIO_" in text for text in live_text.values()):
-        return False, []  # the usual fresh pod: nothing to parse or compare
+        return {fam: (False, []) for fam in live_text}  # the usual fresh pod: nothing to parse or compare
     from meshnet.compare import diff_rulesets
     from meshnet.parse.iptables_save import parse_save
 
-    residue = False
-    lines: list[str] = []
+    out: dict[Family, tuple[bool, list[str]]] = {}
     for fam, text in live_text.items():
         live = parse_save(strip_counters(text), fam)
-        if live.istio_chains():
-            residue = True
-        lines.extend(diff_rulesets(plan.ruleset(fam), live).lines())
-    return residue, lines
+        out[fam] = (bool(live.istio_chains()), diff_rulesets(plan.ruleset(fam), live).lines())
+    return out
+
+
+def _drop_leftover_guardrails(netns: Netns, xt: Xtables, live_text: dict[Family, str]) -> list[str]:
+    """Remove complete sets of Istio's DROP guardrails an interrupted (Istio) reconcile left."""
+    from meshnet.backends import guardrails
+
+    removed = []
+    for fam, text in live_text.items():
+        if "DROP" not in text:
+            continue
+        payload = guardrails.removal_text(strip_counters(text))
+        if payload:
+            xt.restore(netns, fam, payload)
+            removed += [f"{xt.binary(fam, '')} -t filter -D {line[3:]}" for line in guardrails.find_guardrails(
+                strip_counters(text))]
+    return removed
 
 
 def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: bool,
@@ -198,12 +214,16 @@ def _apply_xtables(netns: Netns, spec: Spec, name: str, reconcile: bool, force: 
     if not fresh_tried and name != IPTC and _one_atomic_restore(plan) and _try_fresh_write(netns, plan, xt):
         return _applied(netns, plan, name)
     live_text = {fam: xt.save(netns, fam) for fam in plan.families()}
-    residue, drift = _xt_drift(plan, live_text)
+    per = _xt_by_family(plan, live_text)
+    residue = any(r for r, _ in per.values())
+    drift = [line for _, lines in per.values() for line in lines]
     if not residue:
         _write_xtables(netns, spec, plan, xt, name, live_text)
+        _drop_leftover_guardrails(netns, xt, live_text)
         return _applied(netns, plan, name)
     if not drift and not force:
-        return _already_applied(netns, spec, name)
+        unblocked = _drop_leftover_guardrails(netns, xt, live_text)
+        return _already_applied(netns, spec, name, unblocked)
     if not reconcile:
         raise _drift_error(netns, name, drift, force)
     _reconcile_xtables(netns, spec, plan, xt, name, live_text)
@@ -252,11 +272,23 @@ def _applied(netns: Netns, plan: IptablesPlan, backend: str) -> ApplyResult:
     return ApplyResult(backend, True, f"applied {_count(plan)} rules with {backend} in {netns.label}")
 
 
-def _already_applied(netns: Netns, spec: Spec, backend: str) -> ApplyResult:
-    """The rules match the spec: only TPROXY routing / ::6 may need restoring."""
+def _already_applied(netns: Netns, spec: Spec, backend: str, unblocked: list[str] | None = None) -> ApplyResult:
+    """The rules match the spec: only TPROXY routing / ::6 may need restoring (and stale routing going)."""
     changes = _ensure_routing(netns, spec)
+    stale = _remove_stale_routing(netns, spec)
     what = "; restored missing routing" if not changes.empty else ""
-    return ApplyResult(backend, not changes.empty, f"already applied in {netns.label}: no change{what}")
+    what += "; removed stale TPROXY routing" if stale else ""
+    what += "; removed leftover DROP guardrails" if unblocked else ""
+    changed = bool(not changes.empty or stale or unblocked)
+    return ApplyResult(backend, changed, f"already applied in {netns.label}: {'repaired' if changed else 'no change'}"
+                       f"{what}")
+
+
+def _remove_stale_routing(netns: Netns, spec: Spec) -> int:
+    """The spec's own TPROXY routing when the spec does not use TPROXY (left by a killed reconcile)."""
+    if spec.tproxy and spec.inbound_enabled:
+        return 0
+    return routing.remove_all_tproxy(netns, pairs=[(spec.tproxy_mark, spec.tproxy_route_table)])
 
 
 def _count(plan: IptablesPlan) -> int:
@@ -299,14 +331,13 @@ def _write_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, na
     started: list[Family] = []
     try:
         changes = _ensure_routing(netns, spec)
-        for fam in plan.families():
-            started.append(fam)
-            if name == IPTC:
-                from meshnet.backends.iptc_backend import write_family
+        started.extend(plan.families())
+        if name == IPTC:
+            from meshnet.backends.iptc_backend import write_families
 
-                write_family(netns, fam, plan.ops(fam))
-            else:
-                xt.restore(netns, fam, render_family(plan, fam))
+            write_families(netns, {fam: plan.ops(fam) for fam in plan.families()})
+        else:  # both families in one detached spawn: no kill of meshnet can leave one without the other
+            xt.restore_families(netns, {fam: render_family(plan, fam) for fam in plan.families()})
     except BaseException as exc:
         problems = _rollback_xtables(netns, xt, plan, started, before)
         problems += _safely(lambda: routing.remove(netns, changes))
@@ -355,49 +386,63 @@ def _remove(netns: Netns, xt: Xtables, fam: Family, removal: Removal,
         prune_empty(netns, fam, prune)
 
 
-def _guardrail_text(op: str) -> str:
-    lines = ["*filter"]
-    for chain in GUARDRAILS:
-        for proto in ("tcp", "udp"):
-            lines.append(f"-I {chain} 1 -p {proto} -j DROP" if op == "-I" else f"-D {chain} -p {proto} -j DROP")
-    return "\n".join([*lines, "COMMIT"]) + "\n"
-
-
 def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str,
                        before: dict[Family, str]) -> None:
-    """Istio's reconcile: DROP guardrails first, clean, re-apply, guardrails off (always).
+    """Istio's reconcile (guardrails, clean, re-apply, guardrails off) as ONE restore per family.
 
-    If re-applying fails, the tables are put back exactly as they were saved (with counters).
+    See backends/xt_swap.py: nothing a kill of meshnet can interrupt leaves the guardrails in. The
+    new TPROXY routing goes in first and the stale one out last, so the rules in force always have
+    theirs. iptc reconciles through iptables-legacy-restore too: python-iptables cannot commit
+    the guardrails and the swap as one payload. If a restore fails, the tables are put back
+    exactly as they were saved (with counters) and any guardrail it committed is removed.
     """
+    from meshnet.backends import guardrails
     from meshnet.backends.xt_cleanup import istio_marks, plan_removal
+    from meshnet.backends.xt_swap import swap_payload
+    from meshnet.render.restore import render_family
+
+    changes = _ensure_routing(netns, spec)
+    marks = istio_marks(before.values())
+    started: list[Family] = []
+    try:
+        payloads = {}
+        for fam in plan.families():
+            text = strip_counters(before[fam])
+            payloads[fam] = swap_payload(plan_removal(text, fam, marks=marks), render_family(plan, fam),
+                                         guardrails.count_sets(text))
+        started.extend(payloads)
+        xt.restore_families(netns, payloads)
+    except BaseException:
+        for fam in started:
+            _safely(lambda fam=fam: _undo_swap(netns, xt, plan, fam, before[fam]))
+        _safely(lambda: routing.remove(netns, changes))
+        raise
+    keep = (spec.tproxy_mark, spec.tproxy_route_table, spec.enable_ipv6) if spec.tproxy and spec.inbound_enabled \
+        else (0, 0, False)
+    routing.remove_all_tproxy(netns, marks, keep=keep)  # stale Istio routing only, after the swap
+    if xt.variant == "nft" and not any("*filter" in text for text in before.values()):
+        from meshnet.backends.nft_prune import prune_empty
+
+        for fam in plan.families():  # the guardrails made iptables-nft create the filter table
+            prune_empty(netns, fam, {"filter": set(guardrails.CHAINS)})
+
+
+def _undo_swap(netns: Netns, xt: Xtables, plan: IptablesPlan, fam: Family, saved: str) -> None:
+    from meshnet.backends import guardrails
     from meshnet.parse.iptables_save import parse_save
 
-    guarded: list[Family] = []
-    try:
-        for fam in plan.families():
-            xt.restore(netns, fam, _guardrail_text("-I"))
-            guarded.append(fam)
-        cleaned: dict[Family, str] = {}
-        marks = istio_marks(before.values())
-        for fam in plan.families():
-            xt.restore(netns, fam, plan_removal(xt.save(netns, fam), fam, marks=marks).restore_text())
-            cleaned[fam] = xt.save(netns, fam)
-        routing.remove_all_tproxy(netns, marks, [(spec.tproxy_mark, spec.tproxy_route_table)])
-        try:
-            _write_xtables(netns, spec, plan, xt, name, cleaned)
-        except BaseException:
-            for fam in plan.families():
-                tables = set(plan.ruleset(fam).tables) | set(parse_save(strip_counters(before[fam]), fam).tables)
-                _safely(lambda fam=fam, tables=tables: _restore_tables(netns, xt, fam, before[fam], tables))
-            raise
-    finally:
-        for fam in guarded:  # a whole-table restore above may already have removed them
-            _safely(lambda fam=fam: xt.restore(netns, fam, _guardrail_text("-D")))
-        if xt.variant == "nft" and "*filter" not in "".join(before.values()):
-            from meshnet.backends.nft_prune import prune_empty
+    had = set(parse_save(strip_counters(saved), fam).tables)
+    # A table that did not exist before held nothing: flushing it takes out what the swap wrote.
+    empty = "".join(f"*{t}\nCOMMIT\n" for t in sorted(set(plan.ruleset(fam).tables) - had - {"filter"}))
+    _restore_tables(netns, xt, fam, saved + "\n" + empty, (had | set(plan.ruleset(fam).tables)) - {"filter"}
+                    | ({"filter"} if "filter" in had else set()))
+    extra = guardrails.count_sets(strip_counters(xt.save(netns, fam))) - guardrails.count_sets(strip_counters(saved))
+    if extra > 0:
+        xt.restore(netns, fam, "*filter\n" + "\n".join(guardrails.delete_lines(extra)) + "\nCOMMIT\n")
+    if xt.variant == "nft" and "*filter" not in saved:
+        from meshnet.backends.nft_prune import prune_empty
 
-            for fam in guarded:
-                prune_empty(netns, fam, {"filter": set(GUARDRAILS)})
+        prune_empty(netns, fam, {"filter": set(guardrails.CHAINS)})
 
 
 def _restore_tables(netns: Netns, xt: Xtables, fam: Family, saved: str, tables: set[str]) -> None:
@@ -432,16 +477,18 @@ def _apply_nft(netns: Netns, spec: Spec, reconcile: bool, force: bool) -> ApplyR
             raise _drift_error(netns, NFTABLES, drift, force)
         # Old tables out and new ones in, in the same transaction: no window to guard.
         text = nftables.cleanup_text(present) + text
-        routing.remove_all_tproxy(netns, routing.nft_marks(a for rs in present.chains.values() for r in rs
-                                                           for a in r.action),
-                                  [(spec.tproxy_mark, spec.tproxy_route_table)])
     changes = routing.Changes()
     try:
-        changes = _ensure_routing(netns, spec)
+        changes = _ensure_routing(netns, spec)  # new routing before the rules that need it
         nftables.transaction(netns, text)
     except BaseException:
         routing.remove(netns, changes)
         raise
+    if not present.empty:  # and the old rules' routing only after they are gone
+        keep = (spec.tproxy_mark, spec.tproxy_route_table, spec.enable_ipv6) \
+            if spec.tproxy and spec.inbound_enabled else (0, 0, False)
+        marks = routing.nft_marks(a for rs in present.chains.values() for r in rs for a in r.action)
+        routing.remove_all_tproxy(netns, marks, keep=keep)
     verb = "replaced" if not present.empty else "applied"
     return ApplyResult(NFTABLES, True, f"{verb} {len(plan.ops)} nft rules in {netns.label} (one transaction)")
 
@@ -478,6 +525,16 @@ def _cleanup_locked(netns: Netns, backend: str, spec: Spec | None = None) -> Cle
                 continue
             text = xt.save(netns, fam)
             marks |= istio_marks([text])
+            unblocked = _drop_leftover_guardrails(netns, xt, {fam: text})
+            if unblocked:
+                removed += unblocked
+                if xt.variant == "nft":
+                    from meshnet.backends.nft_prune import prune_empty
+
+                    prune_empty(netns, fam, {"filter": {"INPUT", "FORWARD", "OUTPUT"}})
+                if xt.backend not in cleaned:
+                    cleaned.append(xt.backend)
+                text = xt.save(netns, fam)
             removal = plan_removal(text, fam, marks=marks,
                                    interfaces=spec.exclude_interfaces if spec is not None else None)
             if removal.empty:
@@ -548,6 +605,10 @@ def status(netns: Netns, spec: Spec | None = None) -> Status:
         if spec.tproxy and spec.inbound_enabled and not tproxy:
             drift.append(f"~ TPROXY routing missing: ip rule fwmark {spec.tproxy_mark} lookup "
                          f"{spec.tproxy_route_table} / local default dev lo")
+        elif not (spec.tproxy and spec.inbound_enabled) and routing.tproxy_present(
+                netns, spec.tproxy_mark, spec.tproxy_route_table):
+            drift.append(f"+ TPROXY routing without TPROXY rules: ip rule fwmark {spec.tproxy_mark} lookup "
+                         f"{spec.tproxy_route_table} (a reconcile from TPROXY stopped before its end)")
         if spec.enable_ipv6 and not passthrough:
             drift.append("~ ::6/128 missing on lo")
     return Status(tuple(holders), tuple(drift), tproxy, passthrough, spec is not None, tuple(notes))

@@ -28,12 +28,28 @@ def ops_payload(family: Family, ops: Sequence[Op]) -> str:
 
 
 def write_family(netns: Netns, family: Family, ops: Sequence[Op]) -> None:
-    argv = [sys.executable, "-m", "meshnet.backends.iptc_worker"]
+    write_families(netns, {family: ops})
+
+
+def write_families(netns: Netns, ops: dict[Family, Sequence[Op]]) -> None:
+    """One worker per family (libxtables cannot load IPv4 and IPv6 targets in one process), both
+    started by one detached `sh` with every payload before it starts: a kill of meshnet never
+    leaves IPv4 written and IPv6 not."""
+    from meshnet.backends.xtables import families_script, script_failure
+    from meshnet.netns import which
+
+    fams = list(ops)
+    worker = [sys.executable, "-m", "meshnet.backends.iptc_worker"]
+    argv = ["sh", "-c", families_script([worker] * len(fams)), "sh", *(ops_payload(f, ops[f]) for f in fams)]
+    if which("setsid"):
+        argv = ["setsid", *argv]
     try:
-        cp = netns.run(argv, input=ops_payload(family, ops), timeout=TIMEOUT_SECONDS, check=False)
+        cp = netns.run(argv, timeout=TIMEOUT_SECONDS, check=False)
     except NetnsError as exc:
         raise ApplyError(str(exc)) from None
     if cp.returncode != 0:
-        lines = [ln.strip() for ln in cp.stderr.splitlines() if ln.strip()]
+        step, _, stderr = script_failure(cp.returncode, cp.stderr)
+        failed = fams[min(step, len(fams) - 1)]
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit {cp.returncode}"
-        raise ApplyError(f"[{netns.label}] iptc worker (IPv{family}): {detail}")
+        raise ApplyError(f"[{netns.label}] iptc worker (IPv{failed}): {detail}")

@@ -176,13 +176,16 @@ def _istio_shaped(rule: Any) -> bool:
     return (mask is None or mask == FULL_MASK) and (suppress is None or suppress == FULL_MASK)
 
 
-def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[tuple[int, int]] = ()) -> int:
+def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[tuple[int, int]] = (),
+                      keep: tuple[int, int, bool] | None = None) -> int:
     """Remove TPROXY policy routing in Istio's exact shape, and only Istio's.
 
     A rule goes when it is exactly `fwmark M lookup T`, its table T holds nothing but
     `local default dev lo`, and either M is a mark the live Istio rules use (`marks`, any T) or
     (M, T) is Istio's pair from the spec (`pairs`, Istio's defaults 1337/133 always count).
     `fwmark 0x1 lookup 100` with the same local route, a masked mark or an `iif` selector stay.
+    `keep` = (mark, table, ipv6): the routing a reconciled spec uses, left in place (reconcile adds
+    the new routing before the swap and removes only the stale rest after it).
     Returns how many rules were removed (their routes go too when no other rule uses the table).
     """
     if not _any_fwmark_rule(netns):
@@ -198,6 +201,8 @@ def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[t
                 table = int(rule.get_attr("FRA_TABLE") or rule["table"])
                 prio = int(rule.get_attr("FRA_PRIORITY") or 0)
                 if not _istio_shaped(rule) or (mark not in live_marks and (mark, table) not in wanted):
+                    continue
+                if keep is not None and (mark, table) == keep[:2] and fam in _families(keep[2]):
                     continue
                 routes = ipr.get_routes(family=fam, table=table)
                 local = _local_default(ipr, fam, table, lo)

@@ -66,6 +66,26 @@ class Xtables:
             return None
         return {**os.environ, "XTABLES_LOCKFILE": _private_lock(netns) if held else OWN_NETNS_LOCK}
 
+    def restore_families(self, netns: Netns, payloads: dict[Family, str]) -> None:
+        """v4 then v6 (--noflush), detached, as one spawn: the payloads are in the child before it
+        starts, so a kill of meshnet (or of its process group) never leaves one family written
+        and the other not. One family: that restore alone."""
+        fams = list(payloads)
+        if len(fams) == 1:
+            self.restore(netns, fams[0], payloads[fams[0]], detached=True)
+            return
+        argvs = [self.restore_argv(fam) for fam in fams]
+        argv = ["sh", "-c", families_script(argvs), "sh", *(payloads[f] for f in fams)]
+        if which("setsid"):
+            argv = ["setsid", *argv]
+        try:
+            cp = netns.run(argv, timeout=TIMEOUT_SECONDS, check=False, env=self.lock_env(netns))
+        except NetnsError as exc:
+            raise ApplyError(str(exc)) from None
+        if cp.returncode != 0:
+            step, code, stderr = script_failure(cp.returncode, cp.stderr)
+            raise ApplyError(_describe(netns, argvs[min(step, len(argvs) - 1)], code, stderr))
+
     def save(self, netns: Netns, family: Family) -> str:
         """Full save output with counters. Creates nothing: without -t only existing tables are read."""
         if self.variant == "legacy" and not legacy_tables(netns, family):
@@ -84,13 +104,18 @@ class Xtables:
         return [*argv, "--noflush"] if noflush else argv
 
     def restore(self, netns: Netns, family: Family, text: str, *, noflush: bool = True,
-                counters: bool = False) -> None:
-        """One atomic-per-table restore; raises ApplyError with the tool's own message."""
+                counters: bool = False, detached: bool = False) -> None:
+        """One atomic-per-table restore; raises ApplyError with the tool's own message.
+
+        `detached`: in its own session (setsid), so a kill of meshnet's process group cannot stop
+        it between two table commits (its payload is in the pipe before it starts).
+        """
         argv = self.restore_argv(family, noflush=noflush)
         if counters:
             argv.append("--counters")
+        run = ["setsid", *argv] if detached and which("setsid") else argv
         try:
-            cp = netns.run(argv, input=text, timeout=TIMEOUT_SECONDS, check=False, env=self.lock_env(netns))
+            cp = netns.run(run, input=text, timeout=TIMEOUT_SECONDS, check=False, env=self.lock_env(netns))
         except NetnsError as exc:
             raise ApplyError(str(exc)) from None
         if cp.returncode != 0:
@@ -109,6 +134,29 @@ def _default_lock_usable() -> bool:
         except OSError:
             _LOCK_USABLE.append(False)
     return _LOCK_USABLE[0]
+
+
+FAILED_MARK = "meshnet: failed step "
+
+
+def families_script(argvs: list[list[str]]) -> str:
+    """sh: feed $1 to the first command, then $2 to the second; on failure name the step on stderr
+    (FAILED_MARK + index) and exit with its status."""
+    return "; ".join(f'printf "%s" "${i + 1}" | {" ".join(argv)} || {{ c=$?; echo "{FAILED_MARK}{i}" >&2; exit $c; }}'
+                     for i, argv in enumerate(argvs))
+
+
+def script_failure(returncode: int, stderr: str) -> tuple[int, int, str]:
+    """(failed step, its exit code (negative: killed by that signal), its stderr) of families_script."""
+    step = 0
+    kept = []
+    for line in stderr.splitlines():
+        if line.startswith(FAILED_MARK):
+            step = int(line[len(FAILED_MARK):].strip() or 0)
+        else:
+            kept.append(line)
+    code = -(returncode - 128) if 128 < returncode < 160 else returncode
+    return step, code, "\n".join(kept)
 
 
 def _private_lock(netns: Netns) -> str:
