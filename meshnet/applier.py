@@ -386,6 +386,16 @@ def _remove(netns: Netns, xt: Xtables, fam: Family, removal: Removal,
         prune_empty(netns, fam, prune)
 
 
+def _guardrail_text(op: str) -> str:
+    """Istio's guardrail set as its own restore (`-I` in, `-D` out), for callers that still need one
+    (ambient mode). The sidecar reconcile never uses it: see backends/xt_swap.py."""
+    from meshnet.backends import guardrails
+
+    if op == "-I":
+        return guardrails.insert_text()
+    return "*filter\n" + "\n".join(guardrails.delete_lines(1)) + "\nCOMMIT\n"
+
+
 def _reconcile_xtables(netns: Netns, spec: Spec, plan: IptablesPlan, xt: Xtables, name: str,
                        before: dict[Family, str]) -> None:
     """Istio's reconcile (guardrails, clean, re-apply, guardrails off) as ONE restore per family.
