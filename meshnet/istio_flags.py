@@ -220,7 +220,10 @@ def parse_duration(field: str, value: str) -> float:
     for suffix in ("ms", "s", "m"):
         number = text[: -len(suffix)]
         if text.endswith(suffix) and number.isascii() and number.replace(".", "", 1).isdigit():
-            return v.parse_seconds(field, float(number[:40]) * units[suffix] if len(number) <= 40 else "inf")
+            seconds = float(number) * units[suffix] if len(number) <= 40 else v.MAX_SECONDS + 1
+            if seconds > v.MAX_SECONDS:
+                raise SpecError(field, value, f"a duration must be at most {v.MAX_SECONDS:g} seconds")
+            return seconds
     raise SpecError(field, value, "expected a duration such as 5s or 500ms")
 
 
