@@ -76,3 +76,28 @@ def _xt_rule(f: RuleFacts, fam: int, rule: Rule, backend: str) -> None:
     if any(m.kind == "ctstate" and "INVALID" in m.value.upper() and not m.negated for m in rule.matches) and \
             (t.name == "DROP" or t.name == "ISTIO_DROP"):
         f.drop_invalid.append(where)
+
+
+def istio_tproxy_marks(live: LiveState) -> dict[int, set[int]]:
+    """Marks set by Istio's own TPROXY rules (in ISTIO_* chains, or Istio's nft tables), per family.
+
+    A foreign TPROXY rule beside Istio's (someone's own transparent proxy) brings its own routing:
+    its missing route is not Istio's problem."""
+    out: dict[int, set[int]] = {}
+    for backend in (LEGACY, NFT):
+        for fam, rs in live.xtables.get(backend, {}).items():
+            for table in rs.tables.values():
+                for chain in table.chains.values():
+                    if not chain.name.startswith("ISTIO_"):
+                        continue
+                    f = RuleFacts()
+                    for rule in chain.rules:
+                        _xt_rule(f, fam, rule, backend)
+                    for family, marks in f.tproxy_marks.items():
+                        out.setdefault(family, set()).update(marks)
+    nft_only = RuleFacts()
+    if live.nft is not None:  # live.nft holds Istio's inet istio-proxy-* tables only
+        nft_only = facts(LiveState(live.label, nft=live.nft))
+    for family, marks in nft_only.tproxy_marks.items():
+        out.setdefault(family, set()).update(marks)
+    return out

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from meshnet.checks import Context, Finding
-from meshnet.checks.rules_info import facts
+from meshnet.checks.rules_info import istio_tproxy_marks
 from meshnet.errors import MeshnetError
 
 _IP = {4: "ip", 6: "ip -6"}
@@ -31,7 +31,7 @@ def _routed(rules: list[dict[str, Any]], routes: list[dict[str, Any]], mark: int
 
 
 def run(ctx: Context) -> list[Finding]:
-    marks = facts(ctx.live).tproxy_marks
+    marks = istio_tproxy_marks(ctx.live)
     if not marks:
         return []
     missing = []
