@@ -210,7 +210,9 @@ def test_bad_bundles_are_one_line(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a tar")
     for args in (["doctor", "--bundle", str(junk)], ["doctor", "--bundle", str(tmp_path / "none")],
-                 ["conntrack", "analyze", "--bundle", str(junk)]):
+                 ["conntrack", "analyze", "--bundle", str(junk)],
+                 ["collect", "--netns", "/proc/self/ns/net", "-o", str(tmp_path / "no" / "dir.tar.gz")],
+                 ["collect", "-o", str(tmp_path / "x.tar.gz")], ["doctor", "--bundle", str(junk), "--all"]):
         cp = subprocess.run([*MESHNET, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
         assert cp.returncode == 2, cp
         assert len(cp.stderr.strip().splitlines()) == 1 and "Traceback" not in cp.stderr

@@ -8,7 +8,11 @@ import click
 
 from meshnet.cli.diff_cmd import PASS_THROUGH
 from meshnet.cli.errors import guarded
-from meshnet.errors import UsageError
+from meshnet.errors import MeshnetError, UsageError
+
+
+class CollectError(MeshnetError):
+    exit_code = 2  # like the diagnostic commands: the bundle could not be written
 
 
 def run_collect(argv: list[str]) -> int:
@@ -43,7 +47,10 @@ def run_collect(argv: list[str]) -> int:
     pods = bounded(targets, lambda t: collect_pod(t.netns, host, t.pod), failed, ns.jobs, ns.pod_timeout * 2)
     missed = [p for p in pods if "error" in p and "record" not in p]
     good = [p for p in pods if "record" in p]
-    write_bundle(ns.output, good, node_info())
+    try:
+        write_bundle(ns.output, good, node_info())
+    except OSError as exc:
+        raise CollectError(f"{ns.output}: cannot write the bundle: {exc.strerror or exc}") from None
     for p in missed:
         sys.stderr.write(f"meshnet collect: warning: {p['label']} not collected: {p['error']}\n")
     sys.stdout.write(f"{ns.output}: {len(good)} namespace(s)\n")
