@@ -62,7 +62,11 @@ def facts(live: LiveState) -> RuleFacts:
 def _xt_rule(f: RuleFacts, fam: int, rule: Rule, backend: str) -> None:
     t = rule.target
     where = f"{backend} v{fam} -t {rule.table} {rule}"
-    if t.name == "REDIRECT" and "--to-ports" in t.args:
+    # Istio captures only from its ISTIO_* chains: another program's REDIRECT/TPROXY/CT is not Istio's.
+    ours = rule.chain.startswith("ISTIO_")
+    if not ours:
+        pass
+    elif t.name == "REDIRECT" and "--to-ports" in t.args:
         port = int(t.args[t.args.index("--to-ports") + 1].split("-")[0])
         f.captures.add((_proto(rule), port))
         if _is_dns(rule):
