@@ -5,9 +5,13 @@ with `exec` (~0.5-1 ms per class). The istio-init and CNI paths create a process
 define ~20 such classes, so that was a third of their run time. These records get the same
 behaviour from generic methods that read a per-class field table: no code generation, no inspect.
 
-Supported: `@dataclass`, `@dataclass(frozen=True, slots=...)`, `field(default=, default_factory=)`,
+Supported: `@dataclass`, `@dataclass(frozen=True, slots=True)`, `field(default=, default_factory=)`,
 defaults, `__post_init__`, inheritance of fields, repr/eq, hash for frozen classes, `fields()`,
-`replace()`, `asdict()`, `is_dataclass()`. Not supported (not used): ordering, kw_only, InitVar.
+`replace()`, `asdict()`, `is_dataclass()`. Not supported (not used): ordering, kw_only, InitVar,
+eq=False, field(repr=/compare=/...): asking for them is a TypeError, never silently ignored.
+Slotted records must not use zero-argument `super()` (the class is rebuilt, as in dataclasses).
+
+This is one of the pod-start stand-ins (see docs/applier.md, "Start-up budget").
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ class Field:
         return f"Field({self.name!r})"
 
 
-def _field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | Any = _MISSING) -> Any:
+def _field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | Any = _MISSING,
+           **options: Any) -> Any:
+    if options:
+        raise TypeError(f"meshnet.records.field does not support {sorted(options)[0]}=")
+    if default is not _MISSING and default_factory is not _MISSING:
+        raise ValueError("cannot specify both default and default_factory")
     return Field(default, default_factory)
 
 
@@ -118,8 +127,21 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise _FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-def _decorate(cls: type[T], frozen: bool) -> type[T]:
+def _with_slots(cls: type[T]) -> type[T]:
+    """Rebuild `cls` with `__slots__` for its own fields, as dataclasses does (a class cannot gain
+    slots after creation). Defaults stay in the field table, so no class attribute shadows a slot."""
+    own = [f.name for f in getattr(cls, _FIELDS) if f.name in cls.__dict__.get("__annotations__", {})]
+    inherited = {s for base in cls.__mro__[1:] for s in base.__dict__.get("__slots__", ())}
+    body = {k: v for k, v in cls.__dict__.items() if k not in own and k not in ("__dict__", "__weakref__")}
+    body["__slots__"] = tuple(n for n in own if n not in inherited)
+    body["__qualname__"] = cls.__qualname__
+    return type(cls)(cls.__name__, cls.__bases__, body)
+
+
+def _decorate(cls: type[T], frozen: bool, slots: bool = False) -> type[T]:
     setattr(cls, _FIELDS, _collect(cls))
+    if slots:
+        cls = _with_slots(cls)
     cls.__init__ = _init  # type: ignore[misc,method-assign]
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = _repr  # type: ignore[assignment]
@@ -134,12 +156,16 @@ def _decorate(cls: type[T], frozen: bool) -> type[T]:
     return cls
 
 
-def _dataclass(cls: type[T] | None = None, /, *, frozen: bool = False, slots: bool = False,
-              eq: bool = True) -> Any:
-    """Drop-in for `dataclasses.dataclass` (the subset above). `slots` is accepted and ignored."""
+def _dataclass(cls: type[T] | None = None, /, **options: Any) -> Any:
+    """Drop-in for `dataclasses.dataclass` (the subset above). Any other option (order, kw_only,
+    eq=False, ...) is a TypeError rather than silently ignored behaviour."""
+    unsupported = sorted(set(options) - {"frozen", "slots"})
+    if unsupported:
+        raise TypeError(f"meshnet.records.dataclass does not support {unsupported[0]}=")
+    frozen, slots = bool(options.get("frozen", False)), bool(options.get("slots", False))
     if cls is None:
-        return lambda c: _decorate(c, frozen)
-    return _decorate(cls, frozen)
+        return lambda c: _decorate(c, frozen, slots)
+    return _decorate(cls, frozen, slots)
 
 
 def _is_dataclass(obj: Any) -> bool:

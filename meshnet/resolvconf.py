@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from meshnet.errors import SpecError
+from meshnet.ipcheck import ip_version
 
 
 def read_nameservers(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -25,9 +24,8 @@ def parse_nameservers(text: str, source: str = "resolv.conf") -> tuple[tuple[str
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
         server = fields[1].split("%", 1)[0]  # drop an IPv6 zone: it cannot go into a rule
-        try:
-            addr = ipaddress.ip_address(server)
-        except ValueError:
-            raise SpecError(f"nameserver in {source}", fields[1], "not an IP address") from None
-        (v4 if addr.version == 4 else v6).append(server)
+        version = ip_version(server)
+        if version is None:
+            raise SpecError(f"nameserver in {source}", fields[1], "not an IP address")
+        (v4 if version == 4 else v6).append(server)
     return tuple(v4), tuple(v6)

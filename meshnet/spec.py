@@ -166,13 +166,13 @@ def mode_for(mode: str, prevention: str) -> str:
 
 
 def _check_dns_servers(spec: Spec) -> None:
-    import ipaddress
+    from meshnet.ipcheck import ip_version  # not ipaddress: on the istio-init path with DNS capture
 
     for server in spec.dns_servers_v4:
-        if ipaddress.ip_address(v.parse_ip("dns_servers_v4", server)).version != 4:
+        if ip_version(v.parse_ip("dns_servers_v4", server)) != 4:
             raise SpecError("dns_servers_v4", server, "not an IPv4 address")
     for server in spec.dns_servers_v6:
-        if ipaddress.ip_address(v.parse_ip("dns_servers_v6", server)).version != 6:
+        if ip_version(v.parse_ip("dns_servers_v6", server)) != 6:
             raise SpecError("dns_servers_v6", server, "not an IPv6 address")
 
 

@@ -201,15 +201,13 @@ def parse_loopback_cidr(field: str, value: str) -> str:
 
 def parse_ip(field: str, value: str) -> str:
     # Istio renders resolv.conf servers verbatim (e.g. "::127.0.0.53/128"), so keep the text.
-    import ipaddress
+    from meshnet.ipcheck import ip_version  # not ipaddress: this is on the istio-init path (DNS capture)
 
     text = value.strip()
     if "%" in text:  # Python accepts "fe80::1%eth0"; a zone id cannot reach an iptables/nft rule
         raise SpecError(field, value, "an address with a zone id (%...) cannot be matched by a rule")
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise SpecError(field, value, "not a valid IP address") from None
+    if ip_version(text) is None:
+        raise SpecError(field, value, "not a valid IP address")
     return text
 
 

@@ -80,3 +80,25 @@ def test_importing_it_does_not_import_json_or_re() -> None:
             " print('json' in sys.modules, 're' in sys.modules)")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbf{}", "{}".encode("utf-16"), '{"a": 1}'.encode("utf-16-le"), b"\xff"])
+def test_bytes_are_utf8_only_and_anything_else_is_a_value_error(data: bytes) -> None:
+    # json sniffs BOMs and UTF-16/32; CNI documents are UTF-8 (Go's encoding/json rejects a BOM too).
+    with pytest.raises(ValueError):
+        jsonlite.loads(data)
+
+
+def test_same_as_json_on_edge_values() -> None:
+    for text in ('{"a": 1, "a": 2}', "1e400", "-0", '"\\ud800"', " \n[] \n", '"\\u00e9"'):
+        assert _same(jsonlite.loads(text), json.loads(text)), text
+    assert jsonlite.loads(bytearray(b"[1]")) == [1]
+    doc = {"k": "\u00e9", "n": [1.5, None, True]}
+    assert jsonlite.dumps(doc) == json.dumps(doc)
+
+
+def test_unsupported_options_are_type_errors() -> None:
+    with pytest.raises(TypeError):
+        jsonlite.dumps({}, indent=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        jsonlite.loads("{}", object_hook=dict)  # type: ignore[call-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,23 @@ def test_importing_it_does_not_import_subprocess() -> None:
     code = "import sys, meshnet.spawn; print('subprocess' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_unsupported_subprocess_options_are_type_errors() -> None:
+    for option in ({"check": True}, {"shell": True}, {"cwd": "/"}, {"capture_output": True}):
+        with pytest.raises(TypeError):
+            spawn.run(["true"], **option)  # type: ignore[arg-type]
+
+
+def test_missing_or_unrunnable_program_raises_what_subprocess_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        spawn.run(["/nonexistent/meshnet-no-such-program"])
+    data = tmp_path / "data"
+    data.write_text("not a program\n")
+    data.chmod(0o644)
+    for path in (str(data), str(tmp_path)):  # no exec bit; a directory
+        with pytest.raises(OSError) as theirs:
+            subprocess.run([path])
+        with pytest.raises(OSError) as ours:
+            spawn.run([path])
+        assert type(ours.value) is type(theirs.value) and ours.value.errno == theirs.value.errno
