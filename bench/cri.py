@@ -40,7 +40,8 @@ def pct(values: list[float], q: float) -> float:
 def agent(node: CriNode) -> object:
     """`meshnet cni agent` in the node's namespace, as the DaemonSet's agent container (hostNetwork)."""
     meshnet = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "meshnet"
-    proc = subprocess.Popen(["ip", "netns", "exec", node.netns, str(meshnet), "cni", "agent", "--socket",
+    # nsenter, not `ip netns exec`: a mount namespace of its own would not see containerd's netns mounts
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{node.netns}", str(meshnet), "cni", "agent", "--socket",
                              node.agent_socket, "--workers", "2"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:

@@ -184,7 +184,7 @@ def write_archive(layers: list[Path], out: Path, ref: str) -> None:
     """docker save format (manifest.json + config + one dir per layer): `ctr images import`, `docker load`."""
     diff_ids = [_digest(p) for p in layers]
     config = {
-        "architecture": "amd64", "os": "linux",
+        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
         "config": {"Entrypoint": ["meshnet"], "Env": [ENV_PATH, "PYTHONDONTWRITEBYTECODE=1"], "WorkingDir": "/",
                    "Labels": {"org.opencontainers.image.title": "meshnet",
                               "org.opencontainers.image.source": "meshnet scripts/build_image.py"}},

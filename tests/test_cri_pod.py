@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -130,17 +131,26 @@ def test_image_holds_meshnet_and_the_netfilter_tools_but_no_compiler(cri_node: C
     assert manifest[0]["RepoTags"] == ["localhost/meshnet:dev"]
     # Entrypoint `meshnet`: the injector's args (`istio-iptables ...`) work with no command override.
     assert config["config"]["Entrypoint"] == ["meshnet"]
+    # A second, independent reader of the docker-archive format (what `docker load` reads).
+    skopeo = subprocess.run(["skopeo", "inspect", f"docker-archive:{IMAGE_TAR}"], capture_output=True, text=True,
+                            timeout=60)
+    assert skopeo.returncode == 0, skopeo.stderr
+    inspected = json.loads(skopeo.stdout)
+    assert len(inspected["Layers"]) == 2 and inspected["Os"] == "linux", inspected
     sandbox = pod(cri_node, pods, "image")
     script = ("set -e; for t in iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft nft ip conntrack "
               "nsenter python3 meshnet meshnet-cni; do command -v $t; done; iptables-legacy -V; iptables-nft -V; "
               "nft -v; conntrack -V; python3 -V; for c in gcc cc c++ clang tcc ld as make; do "
-              "if command -v $c; then echo COMPILER $c; fi; done; meshnet --help >/dev/null; echo done")
+              "if command -v $c; then echo COMPILER $c; fi; done; meshnet --help >/dev/null; "
+              "CNI_COMMAND=VERSION meshnet-cni </dev/null; echo; echo done")
     run = cri_node.container(sandbox["id"], ["/bin/sh", "-c", script], user=1337, group=1337)
     assert run.ok, run.data
     log = run.data["log"]
     assert "iptables v1.8.9 (legacy)" in log and "iptables v1.8.9 (nf_tables)" in log, log
     assert "nftables v1" in log and "conntrack v1" in log and "Python 3.11" in log, log
     assert "COMPILER" not in log and log.rstrip().endswith("done"), log
+    version = json.loads(next(ln for ln in log.splitlines() if ln.startswith("{")))
+    assert "1.0.0" in version["supportedVersions"], version
 
 
 # ------------------------------------------------------------------------------ istio-init
