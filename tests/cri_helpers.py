@@ -5,18 +5,23 @@ One `CriNode` per test session: its own CRINODE_BASE (`/tmp/mn-crinode-<hex>`) a
 meshnet-cni, chained in by `meshnet cni install --conflist` with the plugin file taken out of the
 image (what the DaemonSet's installer copies to a node). `close()` always runs `crinode down`.
 The CRI client's generated stubs and venv are built once per machine in a template base and shared.
+CRI calls go through tests/cri_client.py: crinode's cri.py with the pods under a cgroup parent of this
+node's own, so another node's `crinode down` (which kills every `crinode-pods` cgroup) cannot kill ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ from topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 CRINODE = Path(os.environ.get("MESHNET_SHARED", REPO.parent / "shared")) / "tools" / "crinode" / "crinode"
+CRI_CLIENT = Path(__file__).resolve().parent / "cri_client.py"
 IMAGE_TAR = REPO / "build" / "images" / "meshnet.tar"
 IMAGE_REF = "localhost/meshnet:dev"
 TEMPLATE = Path(os.environ.get("MESHNET_CRINODE_TEMPLATE", "/var/cache/meshnet-crinode"))
@@ -100,12 +106,14 @@ class CriNode:
     def __post_init__(self) -> None:
         self.base = Path(f"/tmp/mn-crinode-{self.token}")
         self.netns = f"{NS_PREFIX}{self.token}-node"
+        self.cgroup_parent = f"/crinode-pods-{self.token}"  # see tests/cri_client.py
         self.subnet = f"10.{random.randint(1, 254)}.{random.randint(0, 255)}.0/24"
         self.conflist = self.base / "cni" / "net.d" / "10-meshnet-test.conflist"
         self.log_file = self.base / "log" / "meshnet-cni.log"
         self.env = {**os.environ, "CRINODE_BASE": str(self.base), "CRINODE_NETNS": self.netns,
                     # containerd's environment reaches the plugins it execs
-                    "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}
+                    "MESHNET_CNI_AGENT_SOCKET": self.agent_socket,
+                    "MESHNET_CRI_PY": str(CRINODE.parent / "cri.py"), "MESHNET_CRI_CGROUP_PARENT": self.cgroup_parent}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> CriNode:
@@ -188,6 +196,24 @@ class CriNode:
                 raise RuntimeError(f"crinode down left mounts {mounted}: {down.stderr.strip()[-500:]}")
             shutil.rmtree(self.base, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        """Our pods' cgroups (only ours: named by this node's token), emptied and removed."""
+        for root in Path("/sys/fs/cgroup").glob(f"*{self.cgroup_parent}"):
+            for procs in root.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            for _ in range(25):
+                for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+                if not root.exists():
+                    break
+                time.sleep(0.2)
 
     @staticmethod
     def _check(cp: subprocess.CompletedProcess[str], what: str) -> None:
@@ -195,8 +221,13 @@ class CriNode:
             raise RuntimeError(f"crinode {what} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-2000:]}")
 
     # ------------------------------------------------------------------ CRI calls
+    def cri_argv(self, *args: str) -> list[str]:
+        """`crinode cri ARGS` through tests/cri_client.py (our own pods' cgroup parent)."""
+        return [str(self.base / "venv" / "bin" / "python"), str(CRI_CLIENT), *args]
+
     def cri(self, *args: str, timeout: float = 300) -> CriResult:
-        cp = self.crinode("cri", *args, timeout=timeout)
+        cp = subprocess.run(self.cri_argv(*args), capture_output=True, text=True, timeout=timeout, env=self.env,
+                            stdin=subprocess.DEVNULL)
         try:
             data = json.loads(cp.stdout) if cp.stdout.strip() else None
         except json.JSONDecodeError:
@@ -220,7 +251,7 @@ class CriNode:
     def run_pod_argv(self, name: str, namespace: str = "default",
                      annotations: Mapping[str, str] | None = None) -> list[str]:
         """The `crinode cri run` command line, for tests that start many at once."""
-        argv = [str(CRINODE), "cri", "run", "--name", name, "--namespace", namespace]
+        argv = self.cri_argv("run", "--name", name, "--namespace", namespace)
         for k, v in (annotations or {}).items():
             argv += ["-a", f"{k}={v}"]
         return argv

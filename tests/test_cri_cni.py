@@ -161,10 +161,10 @@ def test_twenty_concurrent_sandboxes_all_get_the_golden_rules(cri_node: CriNode)
         for pod in pods:
             assert normalise_save(save(pod["netns"])) == want, pod["id"]
     finally:  # stopped and removed concurrently too: 20 DELs at once, then 20 second DELs
-        crinode = cri_node.run_pod_argv("x")[0]
-        gone = [subprocess.Popen(["sh", "-c", f'"$0" cri stop {p["id"]} && "$0" cri rm {p["id"]}', crinode],
-                                 env=cri_node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for p in pods]
-        results = [(g.wait(timeout=300), g.communicate()) for g in gone]
+        results = []
+        for op in ("stop", "rm"):
+            procs = [subprocess.Popen(cri_node.cri_argv(op, p["id"]), env=cri_node.env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for p in pods]
+            results += [(g.wait(timeout=300), g.communicate()) for g in procs]
     assert all(rc == 0 for rc, _ in results), results
     assert not any(p["name"].startswith("burst") for p in cri_node.pods())
