@@ -61,6 +61,15 @@ def key(*parts: object) -> str:
 
 
 # ------------------------------------------------------------------------------ layer 1: Debian base
+def ensure_tools() -> None:
+    """debootstrap builds the base; skopeo, an independent reader of docker-archives, checks the result."""
+    missing = [t for t in ("debootstrap", "skopeo") if not shutil.which(t)]
+    if missing:
+        log(f"apt-get install {' '.join(missing)}")
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
+
+
 def base_layer(cache: Path) -> Path:
     """The cached base layer tar (built under an exclusive lock; concurrent builds wait)."""
     out = cache / f"base-{key(SUITE, PACKAGES, STRIP, RECIPE_VERSION)}.tar"
@@ -69,10 +78,6 @@ def base_layer(cache: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.exists():
             return out
-        if not shutil.which("debootstrap"):
-            log("apt-get install debootstrap")
-            run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"],
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         with tempfile.TemporaryDirectory(prefix="meshnet-image-", dir=cache) as tmp:
             root = Path(tmp) / "rootfs"
             log(f"debootstrap {SUITE} minbase + {' '.join(PACKAGES)} (once per machine, a few minutes)")
@@ -229,11 +234,13 @@ def main() -> int:
         print("build_image: needs root (debootstrap, chroot)", file=sys.stderr)
         return 2
     cache = Path(a.cache)
+    ensure_tools()
     base = base_layer(cache)
     deps = deps_dir(cache)
     with tempfile.TemporaryDirectory(prefix="meshnet-image-") as tmp:
         layer = meshnet_layer(deps, Path(tmp))
         write_archive([base, layer], Path(a.out), a.ref)
+    run(["skopeo", "inspect", f"docker-archive:{a.out}"], timeout=120)  # what `docker load` must read
     size = Path(a.out).stat().st_size
     log(f"{a.out}: {a.ref}, {size / 1e6:.1f} MB (base {base.stat().st_size / 1e6:.1f} MB)")
     print(a.out)

@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(iptables nftables conntrack iproute2 util-linux containernetworking-plugins
       libnftables1 gcc python3-dev python3-venv tcpdump procps
-      golang-go golang-github-appc-cni-dev  # these two build the libcni runtime the CNI tests use
-      debootstrap skopeo)  # `make images` builds the image from Debian's mirror; skopeo reads/pushes it
+      golang-go golang-github-appc-cni-dev)  # the last two build the libcni runtime the CNI tests use
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
