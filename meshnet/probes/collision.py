@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from meshnet.netns import Netns
 
-SCRIPT = Path(__file__).resolve().parent.parent.parent / "probes" / "collision_probe.py"
+# Package data (a module of this package), so a wheel and the image carry it; run as a script by path so
+# the subprocess imports nothing of meshnet, only scapy after it entered the namespace.
+SCRIPT = Path(__file__).resolve().parent / "collision_probe.py"
 
 
 class ProbeError(Exception):
