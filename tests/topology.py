@@ -102,6 +102,41 @@ def _no_dad() -> None:
             f.write("0")
 
 
+def _unsettled(label: str, ifnames: Sequence[str]) -> list[str]:
+    """What the kernel still has to do on ``ifnames`` in ``label``: empty once settled.
+
+    After ``link set up`` the veth carrier, the IPv6 link-local address (generated only once
+    the carrier is up), the end of the tentative state of addresses added before ``up`` and
+    the routes that lose their ``linkdown`` flag all arrive asynchronously (linkwatch, up to
+    ~1 s on a loaded machine). Tests that snapshot routes or addresses must start after that.
+    """
+    links = json.loads(_ip("-n", label, "-j", "addr", "show").stdout)
+    pending = []
+    for link in links:
+        name = link["ifname"]
+        addrs = link.get("addr_info", [])
+        pending += [f"{name}: {a['local']} tentative" for a in addrs if a.get("tentative")]
+        if name not in ifnames:
+            continue
+        if "LOWER_UP" not in link.get("flags", []):
+            pending.append(f"{name}: no carrier")
+        elif not any(a.get("family") == "inet6" and a.get("scope") == "link" for a in addrs):
+            pending.append(f"{name}: no IPv6 link-local yet")
+    routes = _ip("-n", label, "-6", "route", "show", "table", "all").stdout
+    routes += _ip("-n", label, "-4", "route", "show", "table", "all").stdout
+    pending += [f"route {r.strip()}" for r in routes.splitlines() if "linkdown" in r]
+    return pending
+
+
+def wait_settled(label: str, ifnames: Sequence[str], timeout: float = 15.0) -> None:
+    """Bounded wait until carrier, link-local addresses and routes of ``ifnames`` are final."""
+    deadline = time.monotonic() + timeout
+    while pending := _unsettled(label, ifnames):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"netns {label} did not settle in {timeout:.0f} s: {'; '.join(pending)}")
+        time.sleep(0.02)
+
+
 def _kill(proc: subprocess.Popen[Any], grace: float = 1.0) -> None:
     """SIGTERM, then SIGKILL, always reap. Only ever our own child, by PID."""
     if proc.poll() is None:
@@ -392,6 +427,8 @@ class Topology:
                 batch.append(f"neigh replace {other_ip6} lladdr {other_mac} dev {ifname} nud permanent")
             batch.append(f"link set {ifname} up")
             _ip("-n", ns.label, "-batch", "-", input="\n".join(batch) + "\n")
+        wait_settled(self.pod.label, [pod_if])
+        wait_settled(peer.label, ["eth0"])
         self.links[pod_if] = link
         return link
 
@@ -407,6 +444,8 @@ class Topology:
             _ip("-n", self.pod.label, "link", "add", ifname, "type", "veth", "peer", "name", other,
                 "netns", self.peer.label)  # fmt: skip
         _ip("-n", self.pod.label, "link", "set", ifname, "up")
+        # A real dummy has a carrier and gets a link-local; the veth stand-in never does.
+        wait_settled(self.pod.label, [ifname] if cp.returncode == 0 else [])
 
     def add_default_route(self, ns: Netns | None = None, link: str = "eth0") -> None:
         """Default route(s) in ``ns`` (default: the pod) via the other end of ``link``."""
