@@ -135,7 +135,9 @@ def _with_slots(cls: type[T]) -> type[T]:
     body = {k: v for k, v in cls.__dict__.items() if k not in own and k not in ("__dict__", "__weakref__")}
     body["__slots__"] = tuple(n for n in own if n not in inherited)
     body["__qualname__"] = cls.__qualname__
-    return type(cls)(cls.__name__, cls.__bases__, body)
+    metaclass: Any = type(cls)
+    rebuilt: type[T] = metaclass(cls.__name__, cls.__bases__, body)
+    return rebuilt
 
 
 def _decorate(cls: type[T], frozen: bool, slots: bool = False) -> type[T]:

@@ -18,6 +18,7 @@ import random
 import socket
 import sys
 import time
+from typing import Any
 
 
 def hold(target: str, port: int, sport: int, timeout: float) -> tuple[socket.socket | None, dict]:
@@ -68,12 +69,12 @@ def syn_probe(target: str, port: int, sport: int, timeout: float) -> dict:
     while time.monotonic() < deadline and not sniffer.results:
         time.sleep(0.02)
     time.sleep(0.05)
-    pkts = sniffer.stop() or []
-    replies = []
+    pkts: Any = sniffer.stop() or []  # a scapy PacketList
+    replies: list[dict[str, Any]] = []
     for p in pkts:
         tcp = p[TCP]
         replies.append({"from_port": int(tcp.sport), "flags": str(tcp.flags), "ack": int(tcp.ack)})
-    out = {"port": port, "sport": sport, "replies": replies, "after_s": round(time.monotonic() - t, 3)}
+    out: dict[str, Any] = {"port": port, "sport": sport, "replies": replies, "after_s": round(time.monotonic() - t, 3)}
     if not replies:
         out["result"] = "silence"
         return out
@@ -110,7 +111,7 @@ def main() -> int:
             out["syn"] += [syn_probe(a.target, p, a.sport, a.timeout) for p in ports[1:]]
     if a.mode in ("both", "connect"):
         sport = a.sport + 1 if a.mode == "both" else a.sport
-        results = []
+        results: list[dict[str, Any]] = []
         for p in ports:
             s, r = hold(a.target, p, sport, a.timeout if results else 3.0)
             if s is not None:
