@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(iptables nftables conntrack iproute2 util-linux containernetworking-plugins
-      libnftables1 gcc python3-dev python3-venv tcpdump procps
+      libnftables1 gcc python3-dev python3-venv tcpdump procps ipset
       golang-go golang-github-appc-cni-dev)  # the last two build the libcni runtime the CNI tests use
 missing=()
 for p in "${PKGS[@]}"; do
