@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import crinode_lock
 from topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,7 @@ class CriNode:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> CriNode:
+        crinode_lock.acquire()  # released by close(), after `crinode down`
         try:
             self.setup()
             self.start()
@@ -196,7 +198,10 @@ class CriNode:
                 raise RuntimeError(f"crinode down left mounts {mounted}: {down.stderr.strip()[-500:]}")
             shutil.rmtree(self.base, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-        self._remove_cgroups()
+        try:
+            self._remove_cgroups()
+        finally:
+            crinode_lock.release()
 
     def _remove_cgroups(self) -> None:
         """Our pods' cgroups (only ours: named by this node's token), emptied and removed."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import crinode_lock
 import pytest
 from cni_helpers import SIDECAR, build_plugin
 from topology import NS_PREFIX, is_root
@@ -57,6 +58,7 @@ class Node:
 
     def up(self, plugin: dict[str, Any] | None = None) -> None:
         """`plugin`: the meshnet-cni conflist entry (default: iptables-nft, pod annotations)."""
+        crinode_lock.acquire()  # released by down(), after `crinode down`
         template = _template()
         self.base.mkdir(mode=0o700)
         shutil.copytree(template / "client", self.base / "client")
@@ -84,13 +86,16 @@ class Node:
         return json.loads(cp.stdout)
 
     def down(self) -> None:
-        if self.base.exists():
-            self.crinode("down")
-            with open("/proc/self/mountinfo") as f:
-                mounted = [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{self.base}/")]
-            if not mounted:
-                shutil.rmtree(self.base, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        try:
+            if self.base.exists():
+                self.crinode("down")
+                with open("/proc/self/mountinfo") as f:
+                    mounted = [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{self.base}/")]
+                if not mounted:
+                    shutil.rmtree(self.base, ignore_errors=True)
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        finally:
+            crinode_lock.release()
 
     @staticmethod
     def _check(cp: subprocess.CompletedProcess[str], what: str) -> None:
