@@ -188,14 +188,16 @@ def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[t
     the new routing before the swap and removes only the stale rest after it).
     Returns how many rules were removed (their routes go too when no other rule uses the table).
     """
-    if not _any_fwmark_rule(netns):
-        return 0  # the usual REDIRECT pod: no need to pay pyroute2's ~150 ms import
     live_marks = set(marks)
     wanted = {*pairs, DEFAULT_TPROXY}
+    istio_tables = {t for _, t in wanted}
+    if not _any_fwmark_rule(netns) and not _local_default_in(netns, istio_tables):
+        return 0  # the usual REDIRECT pod: no need to pay pyroute2's ~150 ms import
     removed = 0
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
         for fam in (AF_INET, AF_INET6):
+            _drop_unreferenced_local(ipr, fam, istio_tables, lo)
             for rule in [r for r in ipr.get_rules(family=fam) if r.get_attr("FRA_FWMARK") is not None]:
                 mark = int(rule.get_attr("FRA_FWMARK"))
                 table = int(rule.get_attr("FRA_TABLE") or rule["table"])
@@ -214,6 +216,31 @@ def remove_all_tproxy(netns: Netns, marks: Iterable[int] = (), pairs: Iterable[t
                            scope=RT_SCOPE_HOST)
                 removed += 1
     return removed
+
+
+def _local_default_in(netns: Netns, tables: set[int]) -> bool:
+    """Cheap pre-check: does one of Istio's tables hold a `local default dev lo` route?"""
+    for fam_flag in ("-4", "-6"):
+        for table in sorted(tables):
+            try:
+                out = netns.run(["ip", fam_flag, "route", "show", "table", str(table)], check=False).stdout
+            except NetnsError:
+                return True
+            if "local default dev lo" in out:
+                return True
+    return False
+
+
+def _drop_unreferenced_local(ipr: Any, fam: int, tables: set[int], lo: int) -> None:
+    """A writer killed between adding a table's local route and its rule leaves the route alone: inert,
+    but ours when the table is Istio's (spec or default), holds only `local default dev lo` and no
+    policy rule points at it. Anything else in the table, or any rule using it, keeps it."""
+    referenced = {int(r.get_attr("FRA_TABLE") or r["table"]) for r in ipr.get_rules(family=fam)}
+    for table in tables - referenced:
+        local = _local_default(ipr, fam, table, lo)
+        if local and len(ipr.get_routes(family=fam, table=table)) == len(local):
+            _quiet(ipr.route, "del", family=fam, dst=_DEFAULT[fam], type="local", oif=lo, table=table,
+                   scope=RT_SCOPE_HOST)
 
 
 def nft_marks(actions: Iterable[str]) -> set[int]:
