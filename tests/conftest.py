@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 from topology import Topology, is_root
 
+from meshnet.netns import Netns
+
 _NOT_ROOT = "needs root for real network namespaces (CI runs as root)"
 
 
@@ -39,3 +41,22 @@ def cri_node() -> Iterator[object]:
     build_image()  # the same script as `make images`: the working tree's meshnet, the cached base
     with CriNode() as node:
         yield node
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    """A Topology whose pod is certainly not the caller's namespace (modules may define their own)."""
+    if not is_root():
+        pytest.skip(_NOT_ROOT)
+    with Topology() as t:
+        assert not t.pod.is_current()
+        yield t
+
+
+@pytest.fixture
+def quiet_host() -> Iterator[Netns]:
+    """A stand-in for the host with no rules at all, so the real host's state cannot leak in."""
+    if not is_root():
+        pytest.skip(_NOT_ROOT)
+    with Topology(ipv6=False) as t:
+        yield t.peer

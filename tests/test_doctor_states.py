@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 
 import pytest
 from topology import Topology
@@ -26,18 +25,6 @@ pytestmark = [pytest.mark.netns]
 PROXY_TCP = [15001, 15006, 15053]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    with Topology() as t:
-        assert not t.pod.is_current()
-        yield t
-
-
-@pytest.fixture
-def quiet_host() -> Iterator[Netns]:
-    """A stand-in for the host with no rules at all, so the real host's state cannot leak in."""
-    with Topology(ipv6=False) as t:
-        yield t.peer
 
 
 def proxy(t: Topology, transparent: bool = False) -> None:

@@ -4,8 +4,6 @@ namespace (one iptables / nft command on a healthy pod) and must give exactly it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from topology import Topology
 from traffic_helpers import istio_spec, resolv_conf_servers
@@ -22,17 +20,6 @@ pytestmark = [pytest.mark.netns]
 PROXY_TCP = [15001, 15006, 15053]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    with Topology() as t:
-        assert not t.pod.is_current()
-        yield t
-
-
-@pytest.fixture
-def quiet_host() -> Iterator[Netns]:
-    with Topology(ipv6=False) as t:
-        yield t.peer
 
 
 def proxy(t: Topology, uid: int = 1337, gid: int | None = None, udp: bool = True) -> None:

@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from topology import Topology
@@ -28,17 +27,6 @@ PROXY_TCP = [15001, 15006]
 GUARDRAILS = [(chain, proto) for chain in ("INPUT", "FORWARD", "OUTPUT") for proto in ("tcp", "udp")]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    with Topology() as t:
-        assert not t.pod.is_current()
-        yield t
-
-
-@pytest.fixture
-def quiet_host() -> Iterator[Netns]:
-    with Topology(ipv6=False) as t:
-        yield t.peer
 
 
 def meshnet(*args: str) -> subprocess.CompletedProcess[str]:
