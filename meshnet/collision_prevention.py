@@ -47,10 +47,10 @@ def kernel_version(release: str | None = None) -> tuple[int, int] | None:
     major, _, rest = text.partition(".")
     minor = ""
     for ch in rest:
-        if not ch.isdigit():
+        if not ch.isdecimal():
             break
         minor += ch
-    if not major.isdigit() or not minor:
+    if not major.isdecimal() or not minor:
         return None
     return int(major), int(minor)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING
+
+from meshnet.collision_prevention import FIXED_KERNEL
+from meshnet.collision_prevention import kernel_version as parse_version
 
 if TYPE_CHECKING:
     from meshnet.netns import Netns
@@ -13,8 +15,8 @@ if TYPE_CHECKING:
 # a challenge ACK, or on 6.1 with unlucky timestamps a PAWS rejection, once per retransmitted SYN.
 HANG_COUNTERS = ("TcpExtTCPSYNChallenge", "TcpExtTCPChallengeACK", "TcpExtPAWSEstab")
 WATCHED_COUNTERS = (*HANG_COUNTERS, "TcpEstabResets", "TcpExtTCPAbortOnData", "TcpAttemptFails")
-# Kernels from 6.7 drop the early-demux socket after the implicit source rewrite (e27c3295114b).
-FIXED_KERNEL = (6, 7)
+# FIXED_KERNEL: from 6.7 the early-demux socket is dropped after the implicit source rewrite
+# (e27c3295114b). It and the version parser are the ones the prevention (pod-start path, no `re`) uses.
 
 
 def parse_netstat(text: str) -> dict[str, int]:
@@ -52,11 +54,6 @@ def sysctl_int(ns: Netns, key: str) -> int | None:
 
 def kernel_release() -> str:
     return os.uname().release
-
-
-def parse_version(release: str) -> tuple[int, int] | None:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def has_demux_fix(release: str | None) -> bool | None:
