@@ -65,9 +65,9 @@ def _ip(*args: str) -> None:
 
 def payload() -> str:
     """The IPv4 restore text meshnet applies for the injector flags (same renderer, same spec)."""
-    from meshnet.istio_builder import build_iptables
-    from meshnet.istio_flags import parse_istio_args
-    from meshnet.render.restore import render_family
+    from meshnet.plan.istio_builder import build_iptables
+    from meshnet.plan.render_restore import render_family
+    from meshnet.spec.flags import parse_istio_args
 
     spec, _ = parse_istio_args(INJECTOR_FLAGS, env={}, enable_ipv6=False)
     return render_family(build_iptables(spec), 4)

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meshnet.conntrack.entry import CtEntry  # noqa: E402
-from meshnet.conntrack.netlink import CtSocket  # noqa: E402
-from meshnet.netns import Netns  # noqa: E402
+from meshnet.apply.netns import Netns  # noqa: E402
+from meshnet.diagnose.conntrack.entry import CtEntry  # noqa: E402
+from meshnet.diagnose.conntrack.netlink import CtSocket  # noqa: E402
 
 
 def entries(n: int):

@@ -1,6 +1,6 @@
 """RunPodSandbox wall time under containerd's CRI: bridge + meshnet-cni against bridge alone, same run.
 
-Three crinode nodes run side by side (tests/cri_helpers.py; each its own CRINODE_BASE and `mn-` node
+Three crinode nodes run side by side (tests/harness/cri_helpers.py; each its own CRINODE_BASE and `mn-` node
 namespace): `bridge` (the floor: bridge + host-local, isGateway false), `meshnet-cni` (bridge then the
 meshnet-cni plugin file, exec'd by containerd and working alone) and `meshnet-cni + agent` (the same,
 with the node agent the DaemonSet runs, `meshnet cni agent`, in the node namespace). Pods are created

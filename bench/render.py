@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshnet.istio_builder import build_iptables  # noqa: E402
-from meshnet.istio_flags import parse_istio_args  # noqa: E402
-from meshnet.nft_builder import build_nft  # noqa: E402
-from meshnet.render.nft import render_nft  # noqa: E402
-from meshnet.render.restore import render_family, render_transcript  # noqa: E402
+from meshnet.plan.istio_builder import build_iptables  # noqa: E402
+from meshnet.plan.nft_builder import build_nft  # noqa: E402
+from meshnet.plan.render_nft import render_nft  # noqa: E402
+from meshnet.plan.render_restore import render_family, render_transcript  # noqa: E402
+from meshnet.spec.flags import parse_istio_args  # noqa: E402
 
 INJECTOR = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
             "-d", "15090,15021,15020"]

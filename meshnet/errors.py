@@ -55,7 +55,7 @@ class ValidationFailed(MeshnetError):
 
 
 class CapabilityError(MeshnetError):
-    """The process lacks a Linux capability the operation needs; the message names it (meshnet.caps).
+    """The process lacks a Linux capability the operation needs; the message names it (meshnet.apply.caps).
 
     Exit 2 ("could not inspect" for the diagnostics); istio-iptables turns it into its usual 1."""
 

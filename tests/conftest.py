@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from topology import Topology, is_root
+from harness.topology import Topology, is_root
 
-from meshnet.netns import Netns
+from meshnet.apply.netns import Netns
 
 _NOT_ROOT = "needs root for real network namespaces (CI runs as root)"
 
@@ -33,10 +33,10 @@ def topology() -> Iterator[Topology]:
 
 @pytest.fixture(scope="session")
 def cri_node() -> Iterator[object]:
-    """One containerd CRI node per session (tests/cri_helpers.py), with the image from `make images`."""
+    """One containerd CRI node per session (tests/harness/cri_helpers.py), with the image from `make images`."""
     if not is_root():
         pytest.skip(_NOT_ROOT)
-    from cri_helpers import CriNode, build_image
+    from harness.cri_helpers import CriNode, build_image
 
     build_image()  # the same script as `make images`: the working tree's meshnet, the cached base
     with CriNode() as node:

@@ -50,9 +50,9 @@ analyze() {
   ip netns exec mn-gsrv conntrack -L 2>/dev/null | grep -v "^conntrack"
   ip netns exec mn-gsrv conntrack -S 2>/dev/null | awk '{print $1, $4, $5, $6}'
   PYTHONPATH=$here python3 - <<'PY'
-from meshnet.netns import Netns
-from meshnet.conntrack.snapshot import collect_live
-from meshnet.conntrack.findings import analyze
+from meshnet.apply.netns import Netns
+from meshnet.diagnose.conntrack.snapshot import collect_live
+from meshnet.diagnose.conntrack.findings import analyze
 for f in analyze(collect_live(Netns.resolve("mn-gsrv"))):
     clients = [c["client"] for c in f.details.get("collisions", [])]
     print("FINDING", f.kind, f.severity, clients, "-", f.summary[:160])

@@ -44,9 +44,9 @@ sleep 4   # the second connect is pending now (or already remapped on a fixed ke
 ip netns exec mn-vsrv conntrack -L 2>/dev/null
 PYTHONPATH=$here python3 - <<'PY'
 import json
-from meshnet.netns import Netns
-from meshnet.conntrack.snapshot import collect_live
-from meshnet.conntrack.findings import analyze
+from meshnet.apply.netns import Netns
+from meshnet.diagnose.conntrack.snapshot import collect_live
+from meshnet.diagnose.conntrack.findings import analyze
 for f in analyze(collect_live(Netns.resolve("mn-vsrv"))):
     print("FINDING", f.kind, f.severity, "-", f.summary)
 PY

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 from meshnet.ambient import routing as amb_routing
 from meshnet.ambient.spec import PROBE_IPSET, AmbientSpec
-from meshnet.applier import ApplyResult, CleanupResult, _guardrail_text, _rollback_xtables, _safely, detect_backend
-from meshnet.backends import BACKENDS, IPTC, LEGACY, NFTABLES, nslock, routing
-from meshnet.backends.xtables import Xtables, strip_counters
+from meshnet.apply.applier import (
+    ApplyResult,
+    CleanupResult,
+    _guardrail_text,
+    _rollback_xtables,
+    _safely,
+    detect_backend,
+)
+from meshnet.apply.backends import BACKENDS, IPTC, LEGACY, NFTABLES, nslock, routing
+from meshnet.apply.backends.xtables import Xtables, strip_counters
+from meshnet.apply.netns import Netns
 from meshnet.errors import ApplyError, SpecError, UsageError
-from meshnet.model import IptablesPlan
-from meshnet.netns import Netns
-from meshnet.nft_model import AMBIENT_PREFIX, NftPlan
+from meshnet.plan.model import IptablesPlan
+from meshnet.plan.nft_model import AMBIENT_PREFIX, NftPlan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from meshnet.model import Family
+    from meshnet.plan.model import Family
 
 KUBELET_NAMES = ("kubelet", "kubelite", "k3s")
 
@@ -89,8 +96,8 @@ def _xt(name: str) -> Xtables:
 
 
 def _drift(plan: IptablesPlan, live_text: dict[Family, str]) -> tuple[bool, list[str]]:
-    from meshnet.compare import diff_rulesets
-    from meshnet.parse.iptables_save import parse_save
+    from meshnet.state.compare import diff_rulesets
+    from meshnet.state.parse_save import parse_save
 
     residue, lines = False, []
     for fam, text in live_text.items():
@@ -146,7 +153,7 @@ def _apply_xt(netns: Netns, spec: AmbientSpec, name: str, reconcile: bool, host:
 
 def _write_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, name: str, host: bool,
               before: dict[Family, str]) -> None:
-    from meshnet.render.restore import render_family
+    from meshnet.plan.render_restore import render_family
 
     changes = routing.Changes()
     made: list[str] = []
@@ -156,7 +163,7 @@ def _write_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, 
         for fam in plan.families():
             started.append(fam)
             if name == IPTC:
-                from meshnet.backends.iptc_backend import write_family
+                from meshnet.apply.backends.iptc_backend import write_family
 
                 write_family(netns, fam, plan.ops(fam))
             else:
@@ -173,8 +180,8 @@ def _write_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, 
 def _reconcile_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, name: str, host: bool,
                   before: dict[Family, str]) -> None:
     """Istio's reconcile: DROP guardrails, remove the old rules, write the spec's, guardrails off (always)."""
-    from meshnet.backends.nft_prune import prune_empty
-    from meshnet.backends.xt_cleanup import plan_removal
+    from meshnet.apply.backends.nft_prune import prune_empty
+    from meshnet.apply.backends.xt_cleanup import plan_removal
 
     guarded: list[Family] = []
     existing = {fam: _nft_chains(netns, fam, "filter") for fam in plan.families()} if xt.variant == "nft" else {}
@@ -220,8 +227,8 @@ def _nft_sets_text(spec: AmbientSpec) -> str:
 
 
 def _apply_nft(netns: Netns, spec: AmbientSpec, reconcile: bool, host: bool) -> ApplyResult:
-    from meshnet.backends import nftables
-    from meshnet.render.nft import render_nft
+    from meshnet.apply.backends import nftables
+    from meshnet.plan.render_nft import render_nft
 
     plan = nft_plan(spec, host)
     present = nftables.live(netns, AMBIENT_PREFIX)
@@ -260,9 +267,9 @@ def cleanup_ambient(netns: Netns, *, host: bool = False) -> CleanupResult:
 
 
 def _cleanup_locked(netns: Netns, host: bool) -> CleanupResult:
-    from meshnet.backends import nftables
-    from meshnet.backends.xt_cleanup import plan_removal
-    from meshnet.backends.xtables import legacy_tables
+    from meshnet.apply.backends import nftables
+    from meshnet.apply.backends.xt_cleanup import plan_removal
+    from meshnet.apply.backends.xtables import legacy_tables
 
     removed: list[str] = []
     cleaned: list[str] = []
@@ -277,7 +284,7 @@ def _cleanup_locked(netns: Netns, host: bool) -> CleanupResult:
                 continue
             xt.restore(netns, fam, removal.restore_text())
             if xt.variant == "nft":
-                from meshnet.backends.nft_prune import prune_empty
+                from meshnet.apply.backends.nft_prune import prune_empty
 
                 prune_empty(netns, fam, {t: None for t in removal.tables()})
             removed += [f"{xt.binary(fam, '')} -t {t} {line}" for t in removal.tables() for line in removal.lines(t)]
@@ -310,7 +317,7 @@ def _nft_table_exists(netns: Netns) -> bool:
 # ------------------------------------------------------------------------------------ status
 def ambient_drift(netns: Netns, spec: AmbientSpec, *, host: bool = False) -> list[str]:
     """Differences between the namespace and the spec, whichever backend holds the rules ('' = in sync)."""
-    from meshnet.backends import nftables
+    from meshnet.apply.backends import nftables
 
     lines: list[str] = []
     holders = []

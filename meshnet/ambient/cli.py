@@ -22,7 +22,7 @@ def render_ambient(argv: list[str]) -> str:
     spec = spec_from_options(ns)
     if ns.format == "nft":
         from meshnet.ambient.nft_builder import build_host_nft, build_inpod_nft
-        from meshnet.render.nft import render_nft
+        from meshnet.plan.render_nft import render_nft
 
         return render_nft(build_host_nft(spec) if ns.ambient_host else build_inpod_nft(spec))
     from meshnet.ambient import render
@@ -55,7 +55,7 @@ def apply_ambient_cli(argv: list[str]) -> str:
     netns = resolve_target(ns)
     spec = spec_from_options(ns)
     if ns.dry_run:
-        from meshnet.applier import detect_backend
+        from meshnet.apply.applier import detect_backend
 
         chosen = detect_backend(netns) if ns.backend == "auto" else ns.backend
         fmt = "nft" if chosen == "nftables" else "restore"

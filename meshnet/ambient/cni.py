@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import os
 
-from meshnet import jsonlite as json
 from meshnet.ambient.spec import L_DATAPLANE_MODE, PROBE_IPSET, AmbientSpec, enrolled, overrides_from_annotations
 from meshnet.errors import SpecError
-from meshnet.records import dataclass
+from meshnet.lite import jsonlite as json
+from meshnet.lite.records import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def records(cfg: AmbientCniConfig) -> dict[str, dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------ node side
 def _own_netns() -> Any:
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
     return Netns.resolve(f"/proc/{os.getpid()}/ns/net")
 
@@ -172,7 +172,7 @@ def delete(container_id: str, cfg: AmbientCniConfig) -> None:
 def agent_start(conflist: str) -> list[str]:
     """At agent (re)start: host rules if asked, then every recorded pod reconciled. One line per pod."""
     from meshnet.ambient.apply import apply_ambient
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
     cfg, backend = _from_conflist(conflist)
     lines: list[str] = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from meshnet.ambient import spec as c
 from meshnet.ambient.spec import AmbientSpec
-from meshnet.nft_builder import nft_iface
-from meshnet.nft_model import NftOp, NftPlan, NftRule
+from meshnet.plan.nft_builder import nft_iface
+from meshnet.plan.nft_model import NftOp, NftPlan, NftRule
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
 PRERT, OUTPUT = "istio-prerouting", "istio-output"

@@ -38,7 +38,7 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
 
 def spec_from_options(ns: argparse.Namespace) -> s.AmbientSpec:
     """Flags over the spec file; pod annotations last, as istio-cni applies PodLevelOverrides."""
-    from meshnet import validate as v
+    from meshnet.spec import values as v
 
     base = s.load_spec_file(ns.spec_file) if ns.spec_file else s.AmbientSpec()
     changes: dict[str, object] = {}
@@ -60,7 +60,7 @@ def spec_from_options(ns: argparse.Namespace) -> s.AmbientSpec:
         changes["kubelet_uid"] = str(v.parse_int("--kubelet-uid", ns.kubelet_uid, 0, 0xFFFFFFFE))
     spec = base.with_changes(**changes)
     if ns.annotation:
-        from meshnet.annotations import parse_annotation_args
+        from meshnet.spec.annotations import parse_annotation_args
 
         spec = s.overrides_from_annotations(spec, parse_annotation_args(ns.annotation))
     return spec

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshnet.model import IptablesPlan
-from meshnet.render.restore import render_family
+from meshnet.plan.model import IptablesPlan
+from meshnet.plan.render_restore import render_family
 
 
 def render_transcript(plan: IptablesPlan) -> str:

@@ -8,9 +8,17 @@ recorded in a `routing.Changes`, so a failed apply removes exactly what it added
 from __future__ import annotations
 
 from meshnet.ambient.spec import ROUTE_TABLE, RULE_PRIORITY, TPROXY_MARK, TPROXY_MASK
-from meshnet.backends.routing import _DEFAULT, AF_INET, AF_INET6, RT_SCOPE_HOST, Changes, _lo_index, _local_default
+from meshnet.apply.backends.routing import (
+    _DEFAULT,
+    AF_INET,
+    AF_INET6,
+    RT_SCOPE_HOST,
+    Changes,
+    _lo_index,
+    _local_default,
+)
+from meshnet.apply.netns import Netns, NetnsError
 from meshnet.errors import ApplyError
-from meshnet.netns import Netns, NetnsError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ annotations (`overrides_from_annotations`). Constants are istio-cni's (cni/pkg/c
 
 from __future__ import annotations
 
-from meshnet import validate as v
 from meshnet.errors import SpecError
-from meshnet.records import dataclass, fields, replace
+from meshnet.lite.records import dataclass, fields, replace
+from meshnet.spec import values as v
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from meshnet.ambient import spec as c
 from meshnet.ambient.spec import AmbientSpec
-from meshnet.istio_builder import _Emitter
-from meshnet.model import IptablesPlan, Match, Target
+from meshnet.plan.istio_builder import _Emitter
+from meshnet.plan.model import IptablesPlan, Match, Target
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
 PRERT, OUTPUT, POSTRT = "ISTIO_PRERT", "ISTIO_OUTPUT", "ISTIO_POSTRT"

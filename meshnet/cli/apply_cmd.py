@@ -16,9 +16,9 @@ from meshnet.cli.errors import guarded
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
-    from meshnet.istio_flags import RunOptions
-    from meshnet.netns import Netns
-    from meshnet.spec import Spec
+    from meshnet.apply.netns import Netns
+    from meshnet.spec.flags import RunOptions
+    from meshnet.spec.spec import Spec
 
 BACKEND_CHOICES = ("auto", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -34,7 +34,7 @@ def resolve_target(ns: argparse.Namespace, network_namespace: str = "", inspect:
 
     inspect=True (status): neither given means the current namespace, capabilities checked up front.
     """
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
     given = [v for v in (ns.netns, network_namespace or None) if v]
     if len(given) > 1 and given[0] != given[1]:
@@ -60,7 +60,7 @@ def refuse_own_namespace(netns: Netns) -> None:
 
 
 def spec_parser(prog: str) -> argparse.ArgumentParser:
-    from meshnet import istio_flags
+    from meshnet.spec import flags as istio_flags
 
     parser = istio_flags.make_parser(prog)
     add_target_args(parser)
@@ -70,7 +70,7 @@ def spec_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def istio_flags_given(ns: argparse.Namespace) -> bool:
-    from meshnet import istio_flags
+    from meshnet.spec import flags as istio_flags
 
     run_flags = {"dry-run", "reconcile", "force-apply", "network-namespace", "native-nftables",
                  "force-iptables-binary", "cleanup-only", "skip-rule-apply", "run-validation", "probe-timeout",
@@ -81,19 +81,19 @@ def istio_flags_given(ns: argparse.Namespace) -> bool:
 
 def spec_and_options(ns: argparse.Namespace, netns: Netns) -> tuple[Spec, RunOptions]:
     """Spec from -f YAML or istio flags (+ env, as istio-iptables), IPv6 detected in the target."""
-    from meshnet import istio_flags
-    from meshnet.applier import spec_for_netns
+    from meshnet.apply.applier import spec_for_netns
+    from meshnet.spec import flags as istio_flags
 
     values = istio_flags.values_from(ns, os.environ)
     opts = istio_flags.run_options_from_values(values)
     if ns.spec_file:
-        from meshnet.spec_yaml import load_spec_file
+        from meshnet.spec.yaml_file import load_spec_file
 
         if istio_flags_given(ns):
             raise UsageError("-f/--spec-file cannot be combined with istio flags")
         spec = load_spec_file(ns.spec_file)
     else:
-        from meshnet.resolvconf import read_nameservers
+        from meshnet.spec.resolvconf import read_nameservers
 
         servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         if istio_flags.needs_resolv_conf(values):
@@ -116,7 +116,7 @@ def _backend(requested: str, opts: RunOptions, netns: Netns) -> str:
     if opts.force_iptables_binary:
         if requested != "auto":
             raise UsageError("--force-iptables-binary cannot be combined with --backend")
-        from meshnet.applier import detect_backend
+        from meshnet.apply.applier import detect_backend
 
         return detect_backend(netns, force=opts.force_iptables_binary)
     return requested
@@ -136,18 +136,18 @@ def run(argv: list[str]) -> int:
     backend = _backend(ns.backend, opts, netns)
     if opts.dry_run:
         return _dry_run(spec, backend, netns)
-    from meshnet.applier import apply_spec
+    from meshnet.apply.applier import apply_spec
 
     result = apply_spec(netns, spec, backend=backend, reconcile=opts.reconcile, force=opts.force_apply)
     sys.stdout.write(f"{result.message}\n")
-    from meshnet.collision_prevention import enforce_and_report
+    from meshnet.apply.collision_prevention import enforce_and_report
 
     enforce_and_report(netns, spec, sys.stdout.write)
     return 0
 
 
 def _dry_run(spec: Spec, backend: str, netns: Netns) -> int:
-    from meshnet.applier import detect_backend
+    from meshnet.apply.applier import detect_backend
     from meshnet.cli.render_cmd import render_text
 
     chosen = detect_backend(netns) if backend == "auto" else backend  # side-effect free

@@ -15,7 +15,7 @@ CHOICES = ("all", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 
 def _parser() -> argparse.ArgumentParser:
     from meshnet.cli.apply_cmd import add_target_args
-    from meshnet.istio_flags import new_parser
+    from meshnet.spec.flags import new_parser
 
     parser = new_parser("meshnet cleanup")
     add_target_args(parser)
@@ -31,7 +31,7 @@ def run(argv: list[str]) -> int:
 
         sys.stdout.write(cleanup_ambient_cli(argv))
         return 0
-    from meshnet.applier import cleanup
+    from meshnet.apply.applier import cleanup
     from meshnet.cli.apply_cmd import refuse_own_namespace, resolve_target
 
     ns = _parser().parse_args(argv)
@@ -43,7 +43,7 @@ def run(argv: list[str]) -> int:
             sys.stdout.write(f"  {line}\n")
     sys.stdout.write(f"{result.message}\n")
     if ns.backend == "all":
-        from meshnet.collision_prevention import restore_quietly
+        from meshnet.apply.collision_prevention import restore_quietly
 
         restored = restore_quietly(netns)
         if restored.message or restored.warning:

@@ -18,11 +18,11 @@ class CollectError(MeshnetError):
 def run_collect(argv: list[str]) -> int:
     import argparse
 
+    from meshnet.apply.netns import Netns
     from meshnet.cli.diff_cmd import parse
     from meshnet.cli.node_args import add_node_args, node_targets
-    from meshnet.netns import Netns
-    from meshnet.node import Target, bounded
-    from meshnet.support.collect import collect_pod, node_info, write_bundle
+    from meshnet.diagnose.bundle.collect import collect_pod, node_info, write_bundle
+    from meshnet.diagnose.node import Target, bounded
 
     parser = argparse.ArgumentParser(prog="meshnet collect", description="write a support bundle")
     parser.add_argument("--netns", default=None, metavar="NAME|PATH")

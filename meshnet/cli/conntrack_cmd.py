@@ -26,7 +26,7 @@ def _fail(msg: str) -> None:
 def _seconds(option: str, value: float, *, allow_zero: bool) -> float:
     """A finite, bounded number of seconds (click's float type lets nan, inf and 1e308 through)."""
     from meshnet.errors import SpecError
-    from meshnet.validate import parse_seconds
+    from meshnet.spec.values import parse_seconds
 
     try:
         return parse_seconds(option, value, allow_zero=allow_zero)
@@ -49,11 +49,11 @@ def _resolve(netns: str | None, pid: int | None) -> Any:
 
 def _guard(fn: Any) -> int:
     """Turn every expected failure into one line; never a traceback."""
-    from meshnet.conntrack.envoy import EnvoyLogError
-    from meshnet.conntrack.netlink import NetlinkError
-    from meshnet.conntrack.textparse import ParseError
+    from meshnet.apply.netns import NetnsError
+    from meshnet.diagnose.conntrack.envoy import EnvoyLogError
+    from meshnet.diagnose.conntrack.netlink import NetlinkError
+    from meshnet.diagnose.conntrack.textparse import ParseError
     from meshnet.errors import MeshnetError
-    from meshnet.netns import NetnsError
 
     try:
         return fn()
@@ -94,7 +94,7 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundl
     """Find, explain and predict duplicate five-tuple collisions in a pod namespace."""
 
     def run() -> int:
-        from meshnet.conntrack.findings import analyze, exit_code
+        from meshnet.diagnose.conntrack.findings import analyze, exit_code
 
         _seconds("--interval", interval, allow_zero=True)
         if bundle is not None:
@@ -104,7 +104,7 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundl
         elif from_file is not None:
             if netns is not None or pid is not None:
                 raise CmdError("--from-file cannot be combined with --netns/--pid")
-            from meshnet.conntrack.snapshot import collect_file
+            from meshnet.diagnose.conntrack.snapshot import collect_file
 
             try:
                 snap = collect_file(from_file, kernel)
@@ -112,11 +112,11 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundl
                 raise CmdError(f"{from_file}: no such file") from None
         else:
             ns = _resolve(netns, pid)
-            from meshnet.conntrack.snapshot import collect_live
+            from meshnet.diagnose.conntrack.snapshot import collect_live
 
             snap = collect_live(ns, interval)
         if envoy_log is not None:
-            from meshnet.conntrack.envoy import read_log
+            from meshnet.diagnose.conntrack.envoy import read_log
 
             try:
                 snap.envoy = read_log(envoy_log)
@@ -134,7 +134,7 @@ def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundl
 
 
 def _bundle_snapshot(path: str, pod: str | None) -> Any:
-    from meshnet.support.archive import BundleError, read_bundle
+    from meshnet.diagnose.bundle.archive import BundleError, read_bundle
 
     try:
         pods = read_bundle(path).select(pod)
@@ -147,7 +147,7 @@ def _bundle_snapshot(path: str, pod: str | None) -> Any:
 
 
 def stats_json(snap: Any) -> dict[str, Any]:
-    from meshnet.conntrack.kernel import WATCHED_COUNTERS
+    from meshnet.diagnose.conntrack.kernel import WATCHED_COUNTERS
 
     cpu_keys = ("found", "insert", "insert_failed", "drop", "early_drop", "invalid", "error",
                 "search_restart", "clash_resolve", "chain_toolong")
@@ -221,7 +221,7 @@ def watch_cmd(netns: str | None, pid: int | None, duration: float, hang_after: f
         _seconds("--duration", duration, allow_zero=False)
         _seconds("--hang-after", hang_after, allow_zero=True)
         ns = _resolve(netns, pid)
-        from meshnet.conntrack.watch import watch
+        from meshnet.diagnose.conntrack.watch import watch
 
         def emit(ev: dict[str, Any]) -> None:
             if as_json:

@@ -19,14 +19,14 @@ from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
-    from meshnet.netns import Netns
-    from meshnet.spec import Spec
+    from meshnet.apply.netns import Netns
+    from meshnet.spec.spec import Spec
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
 def make_parser(prog: str) -> argparse.ArgumentParser:
-    from meshnet import istio_flags
+    from meshnet.spec import flags as istio_flags
 
     parser = istio_flags.make_parser(prog)
     target = parser.add_argument_group("target namespace")
@@ -59,7 +59,7 @@ def resolve_netns(ns: argparse.Namespace) -> Netns:
 
 
 def spec_given(ns: argparse.Namespace) -> bool:
-    from meshnet import istio_flags
+    from meshnet.spec import flags as istio_flags
 
     flags = any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS)
     return flags or bool(ns.spec_file) or ns.cni
@@ -67,24 +67,24 @@ def spec_given(ns: argparse.Namespace) -> bool:
 
 def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
     """The spec the user expects, with IPv6 decided from the pod's addresses like Istio."""
-    from meshnet import istio_flags
-    from meshnet.applier import spec_for_netns
+    from meshnet.apply.applier import spec_for_netns
+    from meshnet.spec import flags as istio_flags
 
     if ns.cni:
-        from meshnet.annotations import parse_annotation_args, spec_from_annotations
-        from meshnet.validate import parse_int
+        from meshnet.spec.annotations import parse_annotation_args, spec_from_annotations
+        from meshnet.spec.values import parse_int
 
         uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFE) if ns.proxy_uid else None
         gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFE) if ns.proxy_gid else None
         spec = spec_from_annotations(parse_annotation_args(ns.annotation), proxy_uid=uid, proxy_gid=gid)
     elif ns.spec_file:
-        from meshnet.spec_yaml import load_spec_file
+        from meshnet.spec.yaml_file import load_spec_file
 
         if any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS):
             raise UsageError("-f/--spec-file cannot be combined with istio flags")
         spec = load_spec_file(ns.spec_file)
     else:
-        from meshnet.resolvconf import read_nameservers
+        from meshnet.spec.resolvconf import read_nameservers
 
         if ns.annotation:
             raise UsageError("--annotation needs --cni")
@@ -103,9 +103,9 @@ def run_diff(argv: list[str]) -> int:
         text, code = status_ambient_cli(argv)
         sys.stdout.write(text)
         return code
-    from meshnet.applier import detect_backend
-    from meshnet.checks.drift import diff_live
-    from meshnet.live import read_live
+    from meshnet.apply.applier import detect_backend
+    from meshnet.diagnose.checks.drift import diff_live
+    from meshnet.state.live import read_live
 
     ns = parse(make_parser("meshnet diff"), argv)
     if not spec_given(ns):

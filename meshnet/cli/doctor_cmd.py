@@ -18,14 +18,14 @@ from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
-    from meshnet.node import Row
+    from meshnet.diagnose.node import Row
 
 
 def run_doctor(argv: list[str]) -> int:
+    from meshnet.apply.netns import Netns, NetnsError
     from meshnet.cli.diff_cmd import expected_spec, make_parser, parse, resolve_netns, spec_given
     from meshnet.cli.node_args import add_node_args
-    from meshnet.doctor import CannotInspect, diagnose
-    from meshnet.netns import Netns, NetnsError
+    from meshnet.diagnose.doctor import CannotInspect, diagnose
 
     parser = make_parser("meshnet doctor")
     parser.add_argument("--host-netns", default=None, metavar="NAME|PATH",
@@ -56,9 +56,9 @@ def _print_report(out: Any, as_json: bool) -> None:
 
 
 def _all(ns: argparse.Namespace) -> int:
+    from meshnet.apply.netns import Netns
     from meshnet.cli.node_args import node_targets
-    from meshnet.netns import Netns
-    from meshnet.node import doctor_all
+    from meshnet.diagnose.node import doctor_all
 
     targets = node_targets(ns)
     host = Netns.resolve(netns=ns.host_netns)
@@ -67,7 +67,7 @@ def _all(ns: argparse.Namespace) -> int:
 
 
 def _print_rows(rows: list[Row], as_json: bool, source: str) -> int:
-    from meshnet.node import table, worst_exit
+    from meshnet.diagnose.node import table, worst_exit
 
     code = worst_exit(rows)
     rows = sorted(rows, key=lambda r: (not r.target.pod.get("name"), r.target.name))
@@ -83,9 +83,9 @@ def _print_rows(rows: list[Row], as_json: bool, source: str) -> int:
 
 
 def _bundle(ns: argparse.Namespace) -> int:
-    from meshnet.doctor import CannotInspect, diagnose
-    from meshnet.node import Row, Target, judge
-    from meshnet.support.archive import read_bundle
+    from meshnet.diagnose.bundle.archive import read_bundle
+    from meshnet.diagnose.doctor import CannotInspect, diagnose
+    from meshnet.diagnose.node import Row, Target, judge
 
     bundle = read_bundle(ns.bundle)
     rows: list[Row] = []

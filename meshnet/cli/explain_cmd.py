@@ -12,9 +12,9 @@ from meshnet.cli.errors import diagnostic
 
 def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
     from meshnet.cli.inspect_target import inspect_target
+    from meshnet.diagnose.explain.packet import parse_packet
+    from meshnet.diagnose.explain.trace import trace_packet
     from meshnet.errors import UsageError
-    from meshnet.explain_packet import parse_packet
-    from meshnet.explain_trace import trace_packet
 
     packet = parse_packet(packet_text)
     if netns_name is not None and pid is not None:
@@ -37,9 +37,9 @@ def run_trace(packet_text: str, netns_name: str | None, pid: int | None, as_json
 
 def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_json: bool) -> int:
     from meshnet.cli.inspect_target import inspect_target
+    from meshnet.diagnose.explain.iptables import explain_live
+    from meshnet.diagnose.explain.packet import parse_packet
     from meshnet.errors import UsageError
-    from meshnet.explain import explain_live
-    from meshnet.explain_packet import parse_packet
 
     packet = parse_packet(packet_text)
     if netns_name is not None and pid is not None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
 DEBUG_HINT = "kubectl debug --profile=netadmin gives NET_ADMIN and NET_RAW"
 
 
 def inspect_target(netns: str | None = None, pid: int | None = None) -> Netns:
     """Resolve --netns/--pid (neither: the current namespace) and check what reading it needs."""
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
     target = Netns.resolve(netns=netns, pid=pid)
     require_inspect(target)
@@ -30,7 +30,7 @@ def inspect_target(netns: str | None = None, pid: int | None = None) -> Netns:
 
 
 def require_inspect(target: Netns) -> None:
-    from meshnet import caps
+    from meshnet.apply import caps
     from meshnet.errors import CapabilityError
 
     if target.is_current():
@@ -49,6 +49,6 @@ def require_inspect(target: Netns) -> None:
 
 
 def _has_legacy_tables(target: Netns) -> bool:
-    from meshnet.backends.xtables import legacy_tables
+    from meshnet.apply.backends.xtables import legacy_tables
 
     return bool(legacy_tables(target, 4) or legacy_tables(target, 6))

@@ -11,51 +11,51 @@ import sys
 
 TYPE_CHECKING = False  # keep `typing` off the start-up path
 if TYPE_CHECKING:
-    from meshnet.istio_flags import RunOptions
-    from meshnet.netns import Netns
-    from meshnet.spec import Spec
+    from meshnet.apply.netns import Netns
+    from meshnet.spec.flags import RunOptions
+    from meshnet.spec.spec import Spec
 
 
 def choose_backend(opts: RunOptions, netns: Netns) -> str:
     if opts.native_nftables:
         return "nftables"
-    from meshnet.applier import detect_backend
+    from meshnet.apply.applier import detect_backend
 
     return detect_backend(netns, force=opts.force_iptables_binary)
 
 
 def apply_istio(spec: Spec, opts: RunOptions, netns: Netns | None, backend: str | None = None) -> int:
-    from meshnet.netns import Netns
+    from meshnet.apply.netns import Netns
 
     target = netns if netns is not None else Netns.resolve()
     if opts.run_validation:
-        from meshnet.validation import client_mode
+        from meshnet.apply.validation_probe import client_mode
 
         uid, gid = _proxy_ids(spec)
         client_mode(uid, gid)  # a client that can never be captured fails here, before any rule is written
     if opts.cleanup_only:
-        from meshnet.applier import cleanup
+        from meshnet.apply.applier import cleanup
 
         sys.stdout.write(cleanup(target, spec=spec).message + "\n")
-        from meshnet.collision_prevention import restore_quietly
+        from meshnet.apply.collision_prevention import restore_quietly
 
         restored = restore_quietly(target)
         if restored.message:
             sys.stdout.write(restored.message + "\n")
         return 0
     if not opts.skip_rule_apply:
-        from meshnet.applier import apply_spec
+        from meshnet.apply.applier import apply_spec
 
         result = apply_spec(target, spec, backend=backend or choose_backend(opts, target), reconcile=opts.reconcile,
                             force=opts.force_apply)
         sys.stdout.write(result.message + "\n")
-        from meshnet.collision_prevention import enforce_and_report
+        from meshnet.apply.collision_prevention import enforce_and_report
 
         # istio-init can write /proc/sys/net only where the runtime mounts it writable; else a warning.
         enforce_and_report(target, spec, sys.stderr.write)
     if opts.run_validation:
-        from meshnet.addresses import ipv6_enabled
-        from meshnet.validation import validate
+        from meshnet.apply.validation_probe import validate
+        from meshnet.state.addresses import ipv6_enabled
 
         # Istio validates over the host IP's family: IPv6 only when the pod has no usable IPv4.
         ipv6 = ipv6_enabled(target, dual_stack=False)

@@ -26,9 +26,9 @@ def _run_exit_1(argv: list[str]) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    from meshnet import istio_flags
-    from meshnet.addresses import ipv6_enabled
-    from meshnet.resolvconf import read_nameservers
+    from meshnet.spec import flags as istio_flags
+    from meshnet.spec.resolvconf import read_nameservers
+    from meshnet.state.addresses import ipv6_enabled
 
     env = os.environ
     ns = istio_flags.parse_flags(argv)
@@ -36,7 +36,7 @@ def _run(argv: list[str]) -> int:
     opts = istio_flags.run_options_from_values(values)
     netns = None
     if opts.network_namespace:
-        from meshnet.netns import Netns
+        from meshnet.apply.netns import Netns
 
         netns = Netns.resolve(opts.network_namespace)
     servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -47,11 +47,11 @@ def _run(argv: list[str]) -> int:
     if netns is None:
         spec = spec.with_changes(enable_ipv6=ipv6_enabled(None, spec.dual_stack))
     elif opts.dry_run or opts.skip_rule_apply or opts.cleanup_only:
-        from meshnet.applier import spec_for_netns
+        from meshnet.apply.applier import spec_for_netns
 
         spec = spec_for_netns(spec, netns)
     else:
-        from meshnet.applier import prepare
+        from meshnet.apply.applier import prepare
 
         # IPv6 and the backend from one snapshot of the pod's /proc/net (no ctypes, ~2 ms).
         wanted = "nftables" if opts.native_nftables else "auto"
@@ -60,15 +60,15 @@ def _run(argv: list[str]) -> int:
         sys.stderr.write("istio-iptables: warning: REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, "
                          "and no DNS servers provided\n")
     if opts.dry_run:
-        from meshnet.render.restore import render_transcript
+        from meshnet.plan.render_restore import render_transcript
 
         if opts.native_nftables:
-            from meshnet.nft_builder import build_nft
-            from meshnet.render.nft import render_nft
+            from meshnet.plan.nft_builder import build_nft
+            from meshnet.plan.render_nft import render_nft
 
             text = render_nft(build_nft(spec))
         else:
-            from meshnet.istio_builder import build_iptables
+            from meshnet.plan.istio_builder import build_iptables
 
             text = render_transcript(build_iptables(spec))
         dest = env.get("DRY_RUN_FILE_PATH")

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
         code = run(args[1:])
         if argv is None:  # a real process, not a call from Python: skip the interpreter teardown
-            from meshnet.fastexit import exit_now
+            from meshnet.lite.fastexit import exit_now
 
             exit_now(code)
         return code

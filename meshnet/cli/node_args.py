@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
-    from meshnet.node import Target
+    from meshnet.diagnose.node import Target
 
 
 def add_node_args(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
 
 
 def node_targets(ns: argparse.Namespace) -> list[Target]:
-    from meshnet.node import NETNS_DIRS, attach_cri, discover
+    from meshnet.diagnose.node import NETNS_DIRS, attach_cri, discover
 
     if ns.jobs < 1 or ns.pod_timeout <= 0:
         raise UsageError("--jobs must be >= 1 and --pod-timeout > 0")

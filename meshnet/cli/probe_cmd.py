@@ -25,9 +25,9 @@ def _ports(value: str) -> list[int]:
 
 
 def _run(fn: Any) -> None:
-    from meshnet.netns import NetnsError
-    from meshnet.probes.collision import ProbeError
-    from meshnet.probes.interception import ListenerBusy
+    from meshnet.apply.netns import NetnsError
+    from meshnet.diagnose.probes.collision import ProbeError
+    from meshnet.diagnose.probes.interception import ListenerBusy
 
     try:
         sys.exit(fn())
@@ -63,7 +63,7 @@ def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: floa
             raise CmdError(f"--target must be an IP address, not {target!r}") from None
         plist = _ports(ports)
         ns = _resolve(netns, None)
-        from meshnet.probes.collision import run_collision_probe
+        from meshnet.diagnose.probes.collision import run_collision_probe
 
         out = run_collision_probe(ns, target, plist, sport, timeout, mode)
         if as_json:
@@ -99,7 +99,7 @@ def interception_cmd(netns: str, pod_ip: str | None, peer_netns: str | None, tar
             raise CmdError("give --peer-netns and --pod-ip (inbound) and/or --target (outbound)")
         pod = _resolve(netns, None)
         peer = _resolve(peer_netns, None) if peer_netns else None
-        from meshnet.probes.interception import probe_interception
+        from meshnet.diagnose.probes.interception import probe_interception
 
         out = probe_interception(pod, pod_ip, peer, target, inbound_port, outbound_port)
         if as_json:

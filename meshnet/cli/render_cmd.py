@@ -14,13 +14,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
-    from meshnet.spec import Spec
+    from meshnet.spec.spec import Spec
 
 FORMATS = ("restore", "transcript", "nft")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from meshnet import istio_flags
+    from meshnet.spec import flags as istio_flags
 
     parser = istio_flags.make_parser("meshnet render")
     parser.add_argument("--ipv6", action="store_true", help="IPv6 pod (Istio detects it from the pod's addresses)")
@@ -35,16 +35,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def spec_for_render(argv: list[str]) -> tuple[Spec, str, str]:
     """Parse render's arguments into (Spec, format, family)."""
-    from meshnet import istio_flags
-    from meshnet.resolvconf import read_nameservers
+    from meshnet.spec import flags as istio_flags
+    from meshnet.spec.resolvconf import read_nameservers
 
     parser = _parser()
     ns = parser.parse_args(argv)
     env = os.environ
     istio_given = any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS)
     if ns.cni:
-        from meshnet.annotations import parse_annotation_args, spec_from_annotations
-        from meshnet.validate import parse_int
+        from meshnet.spec.annotations import parse_annotation_args, spec_from_annotations
+        from meshnet.spec.values import parse_int
 
         uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFE) if ns.proxy_uid else None
         gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFE) if ns.proxy_gid else None
@@ -55,7 +55,7 @@ def spec_for_render(argv: list[str]) -> tuple[Spec, str, str]:
         spec = spec_from_annotations(parse_annotation_args(ns.annotation), proxy_uid=uid, proxy_gid=gid,
                                      enable_ipv6=ns.ipv6)
     elif ns.spec_file:
-        from meshnet.spec_yaml import load_spec_file
+        from meshnet.spec.yaml_file import load_spec_file
 
         if istio_given or ns.annotation:
             raise UsageError("-f/--spec-file cannot be combined with istio flags or --annotation")
@@ -75,12 +75,12 @@ def spec_for_render(argv: list[str]) -> tuple[Spec, str, str]:
 
 def render_text(spec: Spec, fmt: str, family: str = "all") -> str:
     if fmt == "nft":
-        from meshnet.nft_builder import build_nft
-        from meshnet.render.nft import render_nft
+        from meshnet.plan.nft_builder import build_nft
+        from meshnet.plan.render_nft import render_nft
 
         return render_nft(build_nft(spec))
-    from meshnet.istio_builder import build_iptables
-    from meshnet.render.restore import render_family, render_transcript
+    from meshnet.plan.istio_builder import build_iptables
+    from meshnet.plan.render_restore import render_family, render_transcript
 
     plan = build_iptables(spec)
     if fmt == "transcript":

@@ -33,8 +33,8 @@ def repair_cmd(all_pods: bool, cri: str, conflist: str | None, conf_dir: str | N
     annotations, busy, over the limit, failed); 2: the node could not be inspected."""
 
     def go() -> int:
+        from meshnet.apply.repair import exit_code, load_config, repair_all
         from meshnet.cri import list_sandboxes, sandbox_ready
-        from meshnet.repair import exit_code, load_config, repair_all
 
         config = load_config(conflist, conf_dir)
         log = None if as_json else (lambda line: sys.stdout.write(line + "\n"))

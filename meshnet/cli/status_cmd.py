@@ -22,13 +22,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
-    from meshnet.applier import status
+    from meshnet.apply.applier import status
     from meshnet.cli.apply_cmd import istio_flags_given, resolve_target, spec_and_options
 
     ns = _parser().parse_args(argv)
     netns = resolve_target(ns, inspect=True)
     spec = spec_and_options(ns, netns)[0] if (ns.spec_file or istio_flags_given(ns)) else None
-    from meshnet.checks.half_states import half_state_findings
+    from meshnet.diagnose.checks.half_states import half_state_findings
 
     st = status(netns, spec)
     # Half states (leftover guardrails, orphan TPROXY routing, IPv4-only rules in a dual-stack pod)

@@ -14,7 +14,7 @@ PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_
 
 def _parser() -> argparse.ArgumentParser:
     from meshnet.cli.apply_cmd import add_target_args
-    from meshnet.istio_flags import new_parser
+    from meshnet.spec.flags import new_parser
 
     parser = new_parser("meshnet validate")
     add_target_args(parser)
@@ -26,11 +26,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
-    from meshnet import validate as v
-    from meshnet.addresses import ipv6_enabled
+    from meshnet.apply.validation_probe import validate
     from meshnet.cli.apply_cmd import resolve_target
-    from meshnet.istio_flags import parse_duration
-    from meshnet.validation import validate
+    from meshnet.spec import values as v
+    from meshnet.spec.flags import parse_duration
+    from meshnet.state.addresses import ipv6_enabled
 
     ns = _parser().parse_args(argv)
     netns = resolve_target(ns)

@@ -30,15 +30,15 @@ _UCRED = struct.Struct("3i")
 
 def _preload() -> None:
     """Everything an ADD/DEL/CHECK imports, imported once before forking."""
-    import meshnet.addresses  # noqa: F401
-    import meshnet.applier  # noqa: F401
+    import meshnet.apply.applier  # noqa: F401
     import meshnet.cni.commands  # noqa: F401
-    import meshnet.compare  # noqa: F401
-    import meshnet.istio_builder  # noqa: F401
-    import meshnet.nft_builder  # noqa: F401
-    import meshnet.parse.iptables_save  # noqa: F401
-    import meshnet.render.nft  # noqa: F401
-    import meshnet.render.restore  # noqa: F401
+    import meshnet.plan.istio_builder  # noqa: F401
+    import meshnet.plan.nft_builder  # noqa: F401
+    import meshnet.plan.render_nft  # noqa: F401
+    import meshnet.plan.render_restore  # noqa: F401
+    import meshnet.state.addresses  # noqa: F401
+    import meshnet.state.compare  # noqa: F401
+    import meshnet.state.parse_save  # noqa: F401
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -118,7 +118,7 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
     With `metrics_address` (PORT or HOST:PORT) the supervisor serves Prometheus metrics there and,
     every `doctor_interval` seconds (0: never), sweeps the node with doctor in a forked child.
     With `repair`, every `repair.interval` seconds a forked child repairs the node's meshed pods in
-    place (meshnet.repair), one log line per repair on stderr, counted in the metrics.
+    place (meshnet.apply.repair), one log line per repair on stderr, counted in the metrics.
     """
     _preload()
     if ambient_conflist:  # ambient node agent: reconcile every recorded pod before serving new ones
@@ -257,8 +257,8 @@ class RepairOptions:
 
     def run_pass(self) -> dict[str, object]:
         """In the forked child: one pass; rows go back to the supervisor for the counters."""
+        from meshnet.apply.repair import load_config, repair_all
         from meshnet.cri import list_sandboxes, sandbox_ready
-        from meshnet.repair import load_config, repair_all
 
         config = load_config(self.conflist, self.conf_dir)
         rows = repair_all(list_sandboxes(self.cri), config, max_repairs=self.max_repairs,

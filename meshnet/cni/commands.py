@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from meshnet.annotations import spec_from_annotations
+from meshnet.apply.netns import Netns, NetnsError
 from meshnet.cni.config import PluginConfig
 from meshnet.cni.inputs import check_netns_path, is_own_netns, pod_netns, prev_result_addresses
 from meshnet.cni.log import Log
@@ -21,8 +21,8 @@ from meshnet.cni.protocol import (
 )
 from meshnet.cni.source import load_pod
 from meshnet.errors import MeshnetError, SpecError
-from meshnet.netns import Netns, NetnsError
-from meshnet.spec import Spec
+from meshnet.spec.annotations import spec_from_annotations
+from meshnet.spec.spec import Spec
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _skip_for_check(pod: PodInfo, config: PluginConfig) -> str | None:
 
 def _cleanup_quietly(netns: Netns, log: Log) -> None:
     """After a failed ADD: leave no interception state, whatever a previous ADD left."""
-    from meshnet.applier import cleanup
+    from meshnet.apply.applier import cleanup
 
     try:
         cleanup(netns)
@@ -77,8 +77,8 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         log.info("skipped", reason=reason)
         return passthrough_result(doc, config.cni_version)
     netns = _netns(env)
-    from meshnet.addresses import ipv6_from_addresses
-    from meshnet.applier import apply_spec, prepare
+    from meshnet.apply.applier import apply_spec, prepare
+    from meshnet.state.addresses import ipv6_from_addresses
 
     try:
         base = _pod_spec(pod, config)
@@ -101,7 +101,7 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     except MeshnetError as exc:
         _cleanup_quietly(netns, log)
         raise CniError(E_APPLY_FAILED, f"cannot program pod {pod.namespace}/{pod.name}: {exc}") from None
-    from meshnet.collision_prevention import enforce
+    from meshnet.apply.collision_prevention import enforce
 
     prevention = enforce(netns, spec)  # on the node the plugin can always write the pod's sysctl
     if prevention.warning:
@@ -145,7 +145,7 @@ def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     except NetnsError as exc:
         log.info("namespace unusable: nothing to remove", reason=str(exc))
         return None
-    from meshnet.applier import cleanup
+    from meshnet.apply.applier import cleanup
 
     try:
         cleanup(netns)
@@ -153,7 +153,7 @@ def cmd_del(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
         if not os.path.exists(env.netns):  # removed while we were cleaning: fine
             return None
         raise CniError(E_APPLY_FAILED, f"cannot remove interception from {env.netns}: {exc}") from None
-    from meshnet.collision_prevention import restore_quietly
+    from meshnet.apply.collision_prevention import restore_quietly
 
     restored = restore_quietly(netns)
     log.info("interception removed", restored=restored.message or restored.warning)
@@ -174,7 +174,7 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
         log.debug("check: pod not programmed", reason=reason)
         return None
     netns = _netns(env)
-    from meshnet.applier import spec_for_netns, status
+    from meshnet.apply.applier import spec_for_netns, status
 
     try:
         spec = spec_for_netns(_pod_spec(pod, config), netns)

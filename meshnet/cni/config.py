@@ -6,10 +6,10 @@ a known field with a bad value is an invalid-config CNI error naming the field.
 
 from __future__ import annotations
 
-from meshnet.annotations import CniDefaults
 from meshnet.cni.protocol import E_INVALID_CONFIG, CniError, check_version
 from meshnet.errors import quote
-from meshnet.records import dataclass
+from meshnet.lite.records import dataclass
+from meshnet.spec.annotations import CniDefaults
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:

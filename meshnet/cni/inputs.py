@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
+from meshnet.apply.netns import Netns, NetnsError
 from meshnet.cni.protocol import E_INVALID_CONFIG, E_INVALID_ENV, E_UNKNOWN_CONTAINER, CniError
 from meshnet.errors import quote
-from meshnet.netns import Netns, NetnsError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import os
 import tempfile
 from urllib.parse import quote
 
-from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.cni.protocol import E_INVALID_CONFIG, E_TRY_AGAIN, CniError
-from meshnet.records import dataclass
+from meshnet.lite import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
+from meshnet.lite.records import dataclass
 
 TYPE_CHECKING = False  # collections.abc/typing imports cost ms at pod start: type checkers only
 if TYPE_CHECKING:

@@ -122,8 +122,8 @@ class AgentMetrics:
 
 def sweep_summary(jobs: int = 4, timeout: float = 30.0) -> dict[str, Any]:
     """One node-wide doctor run, reduced to counts (what the gauges show)."""
-    from meshnet.netns import Netns
-    from meshnet.node import discover, doctor_all
+    from meshnet.apply.netns import Netns
+    from meshnet.diagnose.node import discover, doctor_all
 
     t0 = time.monotonic()
     rows = doctor_all(discover(), Netns.resolve(), jobs=jobs, timeout=timeout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.cni.protocol import (
     E_INTERNAL,
     LATEST_VERSION,
@@ -20,6 +19,7 @@ from meshnet.cni.protocol import (
     read_env,
     version_result,
 )
+from meshnet.lite import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from meshnet.annotations import A_INJECT, A_STATUS, interception_mode
 from meshnet.cni.config import PluginConfig
-from meshnet.records import dataclass, field
+from meshnet.lite.records import dataclass, field
+from meshnet.spec.annotations import A_INJECT, A_STATUS, interception_mode
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
-from meshnet import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
 from meshnet.errors import one_line, quote
-from meshnet.records import dataclass, field
+from meshnet.lite import jsonlite as json  # the C accelerator only: `import json` costs ~8 ms per pod
+from meshnet.lite.records import dataclass, field
 
 TYPE_CHECKING = False  # typing costs ~4 ms to import: only type checkers need it
 if TYPE_CHECKING:

@@ -88,6 +88,6 @@ def main() -> None:
     import io
 
     from meshnet.cni.plugin import run
-    from meshnet.fastexit import exit_now
+    from meshnet.lite.fastexit import exit_now
 
     exit_now(run(io.BytesIO(stdin), sys.stdout, os.environ))

@@ -1,7 +1,7 @@
 """The five-tuple collision, with and without meshnet's prevention, on whatever kernel this runs on.
 
 Run as root inside the 6.1 VM by `make test-vm` (tests/vm/run-vm-tier.sh) and on this machine's own
-kernel by tests/test_collision_prevention.py. Two namespaces joined by a veth: a client and a pod with
+kernel by tests/e2e/test_collision_prevention.py. Two namespaces joined by a veth: a client and a pod with
 Istio's sidecar rules applied by `meshnet istio-iptables` run inside the pod (as istio-init does). The
 client opens A = 10.99.0.1:P -> pod:9080 and keeps it, then B = 10.99.0.1:P -> pod:8080. Both are
 REDIRECTed to :15006. On kernels < 6.7 B hangs (the real 503 UF) unless early demux is off in the pod.

@@ -1,0 +1,1 @@
+"""`python -m meshnet.demo` (the README's `make demo`)."""

@@ -1,0 +1,1 @@
+"""`meshnet explain`: the packet, its walk through iptables or nftables rules, and the kernel trace."""

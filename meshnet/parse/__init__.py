@@ -1,1 +1,0 @@
-"""Parsers of live state back into the rule model."""

@@ -1,1 +1,0 @@
-"""Renderers: pure functions from a plan/model to text."""

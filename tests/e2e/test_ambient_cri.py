@@ -1,0 +1,137 @@
+"""The ambient node agent under a real containerd (../shared/tools/crinode), issue 13 "node agent".
+
+meshnet-cni hands enrolled pods to `meshnet cni agent --ambient-conflist`, which programs each
+pod's namespace and the node's probe set (the node namespace is crinode's, made for this test).
+Enrolment: the namespace (listed as labelled ambient) or the pod says ambient, unless the pod says
+none. Without the agent, an enrolled pod does not start. A restarted agent reconciles the pods it
+recorded (here: rules removed while it was down come back) before it serves new pods.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.topology import is_root
+from test_doctor_cri import REPO, Node
+
+from meshnet.ambient.apply import ambient_drift
+from meshnet.ambient.spec import AmbientSpec
+from meshnet.apply.netns import Netns
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+SPEC = AmbientSpec(redirect_dns=True)
+
+
+class Agent:
+    """`meshnet cni agent` in the node's namespace, our own child, stopped by PID."""
+
+    def __init__(self, node: Node, conflist: Path, socket_path: Path) -> None:
+        argv = ["nsenter", f"--net=/run/netns/{node.netns}", sys.executable, "-m", "meshnet.cli.main", "cni", "agent",
+                "--socket", str(socket_path), "--workers", "2", "--ambient-conflist", str(conflist)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            self.stop()
+            raise RuntimeError(f"agent did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)  # nsenter execs the agent: same PID
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+
+@pytest.fixture
+def ambient_node() -> Iterator[tuple[Node, Path, Path]]:
+    if not is_root():
+        pytest.skip("needs root (containerd, namespaces); CI runs as root")
+    node = Node()
+    sock = node.base / "run" / "agent.sock"
+    node.env["MESHNET_CNI_AGENT_SOCKET"] = str(sock)
+    plugin = {"type": "meshnet-cni", "backend": "iptables-nft", "log_file": str(node.base / "log" / "meshnet-cni.log"),
+              "capabilities": {"io.kubernetes.cri.pod-annotations": True},
+              "ambient": {"redirect_dns": True, "namespaces": ["mesh"], "state_dir": str(node.base / "ambient"),
+                          "host_probes": True}}
+    try:
+        node.up(plugin)
+        yield node, node.base / "cni" / "net.d" / "10-mn.conflist", sock
+    finally:
+        node.down()
+
+
+def _pod_ns(pod: dict[str, Any]) -> Netns:
+    return Netns.resolve(pod["netns"])
+
+
+def _probe_set(node: Node) -> str:
+    return subprocess.run(["ip", "netns", "exec", node.netns, "ipset", "list", "istio-inpod-probes-v4"],
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def _run(node: Node, name: str, namespace: str, annotations: dict[str, str] | None = None) -> \
+        subprocess.CompletedProcess[str]:
+    args = ["cri", "run", "--name", name, "--namespace", namespace]
+    for k, v in (annotations or {}).items():
+        args += ["-a", f"{k}={v}"]
+    return node.crinode(*args)
+
+
+def test_agent_programs_enrolled_pods_and_reconciles_after_restart(ambient_node) -> None:  # type: ignore[no-untyped-def]
+    node, conflist, sock = ambient_node
+    agent = Agent(node, conflist, sock)
+    try:
+        a = node.run_pod("a-0", "mesh", {})
+        b = node.run_pod("b-0", "plain", {"istio.io/dataplane-mode": "ambient",
+                                          "ambient.istio.io/bypass-inbound-capture": "true"})
+        c = node.run_pod("c-0", "mesh", {"istio.io/dataplane-mode": "none"})
+        plain = node.run_pod("d-0", "plain", {})
+        assert ambient_drift(_pod_ns(a), SPEC) == []
+        assert ambient_drift(_pod_ns(b), SPEC.with_changes(ingress_mode=True)) == []
+        for pod in (c, plain):
+            assert ambient_drift(_pod_ns(pod), SPEC) == ["~ no ambient rules installed"]
+        members = _probe_set(node)
+        assert a["ip"] in members and b["ip"] in members and c["ip"] not in members
+        # The node side: the probe SNAT rule in the node's namespace.
+        save = subprocess.run(["ip", "netns", "exec", node.netns, "iptables-nft-save", "-t", "nat"],
+                              capture_output=True, text=True, timeout=30).stdout
+        assert "-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst " \
+               "-j SNAT --to-source 169.254.7.127" in save
+    finally:
+        agent.stop()
+
+    # No agent: an enrolled pod does not start (no pod may run without its redirection) ...
+    out = _run(node, "e-0", "mesh")
+    assert out.returncode != 0 and "node agent" in out.stdout + out.stderr, out
+    # ... and pod a's rules are lost while the agent is down.
+    cp = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "cleanup", "--netns", a["netns"]],
+                        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert cp.returncode == 0 and ambient_drift(_pod_ns(a), SPEC) == ["~ no ambient rules installed"]
+
+    agent = Agent(node, conflist, sock)  # restart: every recorded pod reconciled before serving
+    try:
+        assert ambient_drift(_pod_ns(a), SPEC) == []
+        assert ambient_drift(_pod_ns(b), SPEC.with_changes(ingress_mode=True)) == []
+        f = node.run_pod("f-0", "mesh", {"ambient.istio.io/dns-capture": "false"})
+        assert ambient_drift(_pod_ns(f), SPEC.with_changes(dns_proxy="disabled")) == []
+        # DEL: the pod's record and its probe-set entry go with it.
+        for step in ("stop", "rm"):
+            assert node.crinode("cri", step, a["id"]).returncode == 0
+        assert a["ip"] not in _probe_set(node) and f["ip"] in _probe_set(node)
+        records = sorted(p.name for p in (node.base / "ambient").glob("*.json"))
+        assert len(records) == 2 and all(a["id"] not in r for r in records), records
+    finally:
+        log = agent.stop()
+    assert "ambient: mesh/a-0: reconciled" in log or "ambient: mesh/a-0: applied" in log, log
