@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.cri_bare_node import REPO, Node
 from harness.topology import is_root
-from test_doctor_cri import REPO, Node
 
 from meshnet.ambient.apply import ambient_drift
 from meshnet.ambient.spec import AmbientSpec

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crinode_lock
+from harness import crinode_lock
 from harness.topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]

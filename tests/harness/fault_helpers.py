@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from harness.topology import Topology
 
 from meshnet.apply.applier import spec_for_netns, status
 from meshnet.apply.netns import Netns
@@ -136,3 +139,33 @@ def guardrails_left(ns: Netns) -> list[str]:
         for fam in (4, 6):
             found += [f"{xt.binary(fam, '')}: {line}" for line in find_guardrails(xt.save(ns, fam))]
     return found
+
+
+def _talk(sock: socket.socket, dst: tuple[str, int], timeout: float = 3.0) -> str:
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(dst)
+            sock.sendall(b"hi\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            return f"error: {type(exc).__name__}"
+    try:
+        return str(json.loads(buf)["name"])
+    except ValueError:
+        return f"error: bad reply {buf[:60]!r}"
+
+
+def traffic(topo: Topology, timeout: float = 3.0) -> dict[str, str]:
+    """Where one connection per direction and family lands (name of the landing server)."""
+    out = {}
+    for fam, af, pod_ip, peer_ip in ((4, socket.AF_INET, topo.pod_ip4, topo.peer_ip4),
+                                     (6, socket.AF_INET6, topo.pod_ip6, topo.peer_ip6)):
+        out[f"out{fam}"] = _talk(topo.pod.socket(af, socket.SOCK_STREAM), (str(peer_ip), 8080), timeout)
+        out[f"in{fam}"] = _talk(topo.peer.socket(af, socket.SOCK_STREAM), (str(pod_ip), 8080), timeout)
+    return out

@@ -6,6 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshnet.spec.flags import parse_istio_args
+from meshnet.spec.resolvconf import parse_nameservers
+from meshnet.spec.spec import Spec
+
 SHARED = Path(os.environ.get("MESHNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 GOLDEN = SHARED / "istio-golden"
 BASE_FLAGS = ["-p", "15001", "-z", "15006", "-e", "15008", "-u", "1337", "-g", "1337", "-t", "1337", "-r", "133"]
@@ -69,3 +73,10 @@ def golden_path(kind: str, name: str) -> Path:
     if kind == "cni-plugin":
         return GOLDEN / kind / f"{name}.txt.golden"
     return GOLDEN / kind / f"{name}.golden"
+
+
+def spec_of(case: Case) -> Spec:
+    """The Spec istio-iptables builds from the case's flags, environment and resolv.conf."""
+    spec, _ = parse_istio_args(case.argv(), env=case.env, enable_ipv6=case.ipv6,
+                               dns_servers=parse_nameservers(case.resolv))
+    return spec

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.ns_state import add_user_state, snapshot
+from harness.ns_state import wrapper_dir as _wrapper_dir
 from harness.topology import Topology
-from test_applier_atomicity import _wrapper_dir, add_user_state, snapshot
 
 from meshnet.ambient.apply import ambient_drift, apply_ambient, cleanup_ambient
 from meshnet.ambient.spec import AmbientSpec

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from harness.ns_state import DEFAULT, TPROXY_DNS, add_user_state, make_spec, snapshot
 from harness.topology import Topology
-from test_applier_atomicity import DEFAULT, TPROXY_DNS, add_user_state, make_spec, snapshot
 
 from meshnet.apply.applier import apply_spec, cleanup, detect_backend, status
 from meshnet.apply.backends.xtables import legacy_tables

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from harness.fault_helpers import REDIRECT, TPROXY, assert_exactly, guardrails_left, make_spec
+from harness.fault_helpers import REDIRECT, TPROXY, assert_exactly, guardrails_left, make_spec, traffic
 from harness.topology import Topology, is_root
-from test_faults_kill import traffic
 
 from meshnet.apply.applier import apply_spec, cleanup
 from meshnet.apply.backends import guardrails

@@ -20,12 +20,11 @@ import os
 import random
 import select
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness.fault_helpers import ALL_BACKENDS, REDIRECT, TPROXY, assert_exactly, guardrails_left, make_spec
+from harness.fault_helpers import ALL_BACKENDS, REDIRECT, TPROXY, assert_exactly, guardrails_left, make_spec, traffic
 from harness.topology import Topology
 
 from meshnet.apply.applier import apply_spec, cleanup, status
@@ -47,38 +46,6 @@ def lab() -> Iterator[Topology]:
         topo.start_server(topo.pod, "app", tcp_ports=(8080,), uid=1000)
         topo.start_server(topo.peer, "peer", tcp_ports=(8080,))
         yield topo
-
-
-def _talk(sock: socket.socket, dst: tuple[str, int], timeout: float = 3.0) -> str:
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(dst)
-            sock.sendall(b"hi\n")
-            buf = b""
-            while b"\n" not in buf:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
-        except OSError as exc:
-            return f"error: {type(exc).__name__}"
-    import json
-
-    try:
-        return str(json.loads(buf)["name"])
-    except ValueError:
-        return f"error: bad reply {buf[:60]!r}"
-
-
-def traffic(topo: Topology, timeout: float = 3.0) -> dict[str, str]:
-    """Where one connection per direction and family lands (name of the landing server)."""
-    out = {}
-    for fam, af, pod_ip, peer_ip in ((4, socket.AF_INET, topo.pod_ip4, topo.peer_ip4),
-                                     (6, socket.AF_INET6, topo.pod_ip6, topo.peer_ip6)):
-        out[f"out{fam}"] = _talk(topo.pod.socket(af, socket.SOCK_STREAM), (str(peer_ip), 8080), timeout)
-        out[f"in{fam}"] = _talk(topo.peer.socket(af, socket.SOCK_STREAM), (str(pod_ip), 8080), timeout)
-    return out
 
 
 def assert_not_blackholed(topo: Topology, where: str) -> dict[str, str]:

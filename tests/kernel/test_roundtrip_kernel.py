@@ -10,10 +10,9 @@ does not exist on this machine, are refused by iptables and nft alike (asserted,
 from __future__ import annotations
 
 import pytest
-from harness.golden_cases import CASES, Case
+from harness.golden_cases import CASES, Case, spec_of
 from harness.strategies import specs
 from hypothesis import HealthCheck, given, settings
-from test_golden import spec_of
 
 from meshnet.apply.netns import Netns
 from meshnet.plan.istio_builder import build_iptables

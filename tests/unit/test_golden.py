@@ -6,21 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from harness.golden_cases import CASES, CNI_CASES, GOLDEN, Case, golden_path
+from harness.golden_cases import CASES, CNI_CASES, GOLDEN, Case, golden_path, spec_of
 
 from meshnet.plan.istio_builder import build_iptables
 from meshnet.plan.nft_builder import build_nft
 from meshnet.plan.render_nft import render_nft
 from meshnet.plan.render_restore import render_family, render_transcript
 from meshnet.spec.annotations import spec_from_annotations
-from meshnet.spec.flags import parse_istio_args
-from meshnet.spec.resolvconf import parse_nameservers
-
-
-def spec_of(case: Case):  # type: ignore[no-untyped-def]
-    spec, _ = parse_istio_args(case.argv(), env=case.env, enable_ipv6=case.ipv6,
-                               dns_servers=parse_nameservers(case.resolv))
-    return spec
 
 
 def test_every_shared_golden_file_is_covered() -> None:
