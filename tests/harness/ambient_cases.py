@@ -1,4 +1,4 @@
-"""The ambient goldens (../shared/istio-golden/AMBIENT.md) as AmbientSpec values and render flags."""
+"""The ambient goldens (tests/golden/istio/AMBIENT.md) as AmbientSpec values and render flags."""
 
 from __future__ import annotations
 

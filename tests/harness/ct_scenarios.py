@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.golden_cases import GOLDEN as GOLDEN_DIR
 from harness.topology import PYTHON, Topology
 
 from meshnet.apply.netns import Netns
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = Path("/work/shared/istio-golden/cni-plugin")
+GOLDEN = GOLDEN_DIR / "cni-plugin"
 CLI = [sys.executable, "-m", "meshnet.cli.conntrack_cmd"]
 PROBE_CLI = [sys.executable, "-m", "meshnet.cli.probe_cmd"]
 

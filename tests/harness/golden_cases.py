@@ -1,8 +1,7 @@
-"""The shared Istio golden cases (../shared/istio-golden/CASES.md) as flags, env and pod facts."""
+"""Istio's golden cases (tests/golden/istio/CASES.md, vendored: see PROVENANCE.md there) as flags, env and pod facts."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +9,7 @@ from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import parse_nameservers
 from meshnet.spec.spec import Spec
 
-SHARED = Path(os.environ.get("MESHNET_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-GOLDEN = SHARED / "istio-golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "istio"  # in the repo: never ../shared
 BASE_FLAGS = ["-p", "15001", "-z", "15006", "-e", "15008", "-u", "1337", "-g", "1337", "-t", "1337", "-r", "133"]
 
 
