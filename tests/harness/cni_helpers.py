@@ -1,4 +1,4 @@
-"""A real CNI setup for tests: cnirun (libcni) + Debian's bridge/host-local + the meshnet-cni zipapp.
+"""A real CNI setup for tests: cnirun (libcni, tests/harness/cnirun) + Debian's bridge/host-local + meshnet-cni.
 
 Everything runs inside throwaway namespaces: a `node` namespace (`mn-<hex>-node`) stands in for
 the host, so the bridge (`mn-br<hex>`), the host ends of the veths and anything the reference
@@ -9,6 +9,8 @@ in a temp dir removed on close().
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import random
@@ -26,22 +28,33 @@ from harness.topology import CREATED_NAMESPACES, NS_PREFIX
 from meshnet.apply.netns import Netns
 
 REPO = Path(__file__).resolve().parents[2]
-CNIRUN_SRC = Path(os.environ.get("MESHNET_SHARED", REPO.parent / "shared")) / "tools" / "cnirun"
-CNIRUN_DIR = Path(os.environ.get("MESHNET_CNIRUN_DIR", "/tmp/meshnet-cnirun"))
+CNIRUN_SRC = Path(__file__).resolve().parent / "cnirun" / "main.go"  # ours, in the repo
+CNIRUN_DIR = Path(os.environ.get("MESHNET_CNIRUN_DIR", REPO / "build" / "cnirun"))
+GOPATH = "/usr/share/gocode"  # Debian's golang-github-appc-cni-dev (scripts/setup.sh installs it): no module proxy
 REF_PLUGINS = "/usr/lib/cni"
 SIDECAR = {"sidecar.istio.io/status": '{"containers":["istio-proxy"]}'}
 
 
 def build_cnirun() -> Path:
-    """Build cnirun once per machine (build.sh apt-installs golang and libcni if missing)."""
+    """Build tests/harness/cnirun once per checkout (again when main.go changes), under a lock."""
     binary = CNIRUN_DIR / "cnirun"
-    src = CNIRUN_SRC / "main.go"
-    if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
-        return binary
-    cp = subprocess.run(["sh", str(CNIRUN_SRC / "build.sh"), str(CNIRUN_DIR)], capture_output=True, text=True,
-                        timeout=900)
-    if cp.returncode != 0 or not binary.exists():
-        raise RuntimeError(f"cnirun build failed ({cp.returncode}): {cp.stderr.strip()[-2000:]}")
+    stamp = CNIRUN_DIR / "main.go.sha256"
+    want = hashlib.sha256(CNIRUN_SRC.read_bytes()).hexdigest()
+    CNIRUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CNIRUN_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions of one checkout build it once
+        if binary.exists() and stamp.exists() and stamp.read_text() == want:
+            return binary
+        if not shutil.which("go") or not Path(GOPATH, "src/github.com/containernetworking/cni/libcni").is_dir():
+            raise RuntimeError("cnirun needs golang-go and golang-github-appc-cni-dev: run `make setup` as root")
+        env = {**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH, "GOFLAGS": "",
+               "GOCACHE": str(CNIRUN_DIR / "gocache")}
+        cp = subprocess.run(["go", "build", "-o", str(binary) + ".new", CNIRUN_SRC.name], cwd=CNIRUN_SRC.parent,
+                            capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
+        if cp.returncode != 0:
+            raise RuntimeError(f"cnirun build failed ({cp.returncode}): {cp.stderr.strip()[-2000:]}")
+        os.replace(str(binary) + ".new", binary)
+        stamp.write_text(want)
     return binary
 
 
