@@ -9,6 +9,8 @@ explain walks one value.
 from __future__ import annotations
 
 from meshnet.lite.records import dataclass, field
+from meshnet.plan.match_kinds import COMMENT as COMMENT  # re-exported: the verbatim kinds
+from meshnet.plan.match_kinds import KINDS, OPAQUE, kind_of
 
 TYPE_CHECKING = False  # `typing` costs ~4 ms at start-up; only type checkers need it
 if TYPE_CHECKING:
@@ -29,84 +31,26 @@ EXTENSION_TARGETS = frozenset({
 })
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")  # Istio emits restore tables sorted by name
 
-# Match kinds and how they are written in iptables-restore syntax (Istio's spelling).
-MATCH_KINDS = (
-    "proto", "src", "dst", "in", "out", "dport", "sport", "dports", "uid", "gid", "ctstate", "mark", "connmark",
-    "module", "socket_exists", "set",
-)
-# Parts of live rules meshnet does not model, kept as the exact text iptables-save printed:
-# OPAQUE is a match (or core option) whose effect is unknown; COMMENT never changes what matches.
-OPAQUE, COMMENT = "opaque", "comment"
+# The kinds of match and everything about each (restore tokens, iptables-save spelling, canonical
+# value, explain's evaluation) are one table: meshnet.plan.match_kinds.
 
 
 @dataclass(frozen=True)
 class Match:
-    kind: str
+    kind: str  # a key of match_kinds.KINDS
     value: str
     negated: bool = False
 
     def tokens(self) -> list[str]:
-        if self.kind in (OPAQUE, COMMENT):
-            return [self.value]  # verbatim text, quoting and `!` included
-        neg = ["!"] if self.negated else []
-        simple = {"proto": "-p", "src": "-s", "dst": "-d", "in": "-i", "out": "-o",
-                  "dport": "--dport", "sport": "--sport"}
-        if self.kind in simple:
-            return [*neg, simple[self.kind], self.value]
-        if self.kind == "dports":
-            return ["-m", "multiport", *neg, "--dports", self.value]
-        if self.kind in ("uid", "gid"):
-            return ["-m", "owner", *neg, f"--{self.kind}-owner", self.value]
-        if self.kind == "ctstate":
-            return ["-m", "conntrack", *neg, "--ctstate", self.value]
-        if self.kind == "mark":
-            return ["-m", "mark", *neg, "--mark", self.value]
-        if self.kind == "connmark":
-            return ["-m", "connmark", *neg, "--mark", self.value]
-        if self.kind == "module":  # a bare `-m tcp` / `-m udp` (Istio's ambient rules write them)
-            return ["-m", self.value]
-        if self.kind == "socket_exists":
-            return ["-m", "owner", *neg, "--socket-exists"]
-        if self.kind == "set":  # value: "SETNAME FLAGS", e.g. "istio-inpod-probes-v4 dst"
-            return ["-m", "set", *neg, "--match-set", *self.value.split(" ")]
-        raise ValueError(f"unknown match kind {self.kind!r}")
+        return kind_of(self.kind).tokens(self.value, self.negated)
 
     def __str__(self) -> str:
         return " ".join(self.tokens())
 
     def canonical(self) -> Match:
-        """The form the kernel prints back: addresses masked to their network, owners as ids."""
-        if self.kind in ("src", "dst"):
-            import ipaddress  # lazy: only comparisons of live rules need it
-
-            try:
-                if "/" in self.value:
-                    net = ipaddress.ip_network(self.value, strict=False).with_prefixlen
-                    return Match(self.kind, net, self.negated)
-                addr = ipaddress.ip_address(self.value)
-                return Match(self.kind, f"{addr}/{addr.max_prefixlen}", self.negated)
-            except ValueError:
-                return self
-        if self.kind in ("mark", "connmark"):
-            # iptables-save prints marks in hex; Istio writes decimal (sidecar) or hex (ambient).
-            val, sep, mask = self.value.partition("/")
-            try:
-                number = str(int(val, 0))
-                return Match(self.kind, f"{number}/0x{int(mask, 0):x}" if sep else number, self.negated)
-            except ValueError:
-                return self
-        if self.kind in ("uid", "gid") and not self.value.isdigit():
-            # The kernel stores ids: iptables-save prints `--gid-owner 0` for `--gid-owner root`.
-            import grp
-            import pwd
-
-            try:
-                if self.kind == "uid":
-                    return Match(self.kind, str(pwd.getpwnam(self.value).pw_uid), self.negated)
-                return Match(self.kind, str(grp.getgrnam(self.value).gr_gid), self.negated)
-            except KeyError:
-                return self
-        return self
+        """The form the kernel prints back: addresses masked to their network, owners as ids, marks decimal."""
+        value = kind_of(self.kind).canonical(self.value)
+        return self if value == self.value else Match(self.kind, value, self.negated)
 
 
 @dataclass(frozen=True)
@@ -168,7 +112,7 @@ class Rule:
         Opaque parts and comments compare verbatim, as the kernel printed them.
         """
         # A bare `-m tcp` adds nothing to `-p tcp`; the kernel prints it wherever a port is matched.
-        matches = frozenset(m.canonical() for m in self.matches if m.kind != "module")
+        matches = frozenset(m.canonical() for m in self.matches if not KINDS[m.kind].implied)
         return (self.table, self.chain, matches, self.target.canonical())
 
     @property

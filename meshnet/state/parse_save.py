@@ -15,15 +15,17 @@ stops reading, diffing or cleaning a namespace; explain says it cannot evaluate 
 from __future__ import annotations
 
 from meshnet.errors import MeshnetError
-from meshnet.plan.model import COMMENT, OPAQUE, Family, Match, Rule, RuleSet, Target
+from meshnet.plan.match_kinds import COMMENT, KINDS, OPAQUE, MatchKind
+from meshnet.plan.model import Family, Match, Rule, RuleSet, Target
 
 FULL_MASK = 0xFFFFFFFF
 # `# Table `nat' is incompatible, use 'nft' tool.`: iptables-nft-save skips a table holding rules
 # written by nft that it cannot show (the table's rules are then unknown).
 INCOMPATIBLE = "is incompatible"
 
-_CORE = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst", "-i": "in",
-         "--in-interface": "in", "-o": "out", "--out-interface": "out", "-p": "proto", "--protocol": "proto"}
+# How iptables-save prints each match kind comes from the kinds' table (meshnet.plan.match_kinds):
+# core option -> kind, and (module, option) -> kind for the `-m` matches the model knows.
+_CORE = {opt: k.name for k in KINDS.values() for opt in k.core}
 _CORE_FLAGS = frozenset({"-f", "--fragment"})  # IPv4 fragment match: no argument, not modelled
 _MATCH = frozenset({"-m", "--match"})
 _JUMP = frozenset({"-j", "--jump", "-g", "--goto"})
@@ -33,16 +35,7 @@ _ENDS_BLOCK = _MATCH | _JUMP | frozenset(_CORE) | _CORE_FLAGS
 _TEXT_ARG = frozenset({"--comment", "--log-prefix", "--nflog-prefix", "--string", "--hex-string", "--name",
                        "--hashlimit-name", "--helper", "--physdev-in", "--physdev-out", "--match-set",
                        "--add-set", "--del-set", "--map-set", "--label", "--path", "--selctx"})
-# (module, option) -> match kind, for the options of the matches the model knows (one argument each).
-_MODELED = {
-    **{(mod, opt): "dport" for mod in ("tcp", "udp", "") for opt in ("--dport", "--destination-port")},
-    **{(mod, opt): "sport" for mod in ("tcp", "udp", "") for opt in ("--sport", "--source-port")},
-    ("multiport", "--dports"): "dports", ("multiport", "--destination-ports"): "dports",
-    ("owner", "--uid-owner"): "uid", ("owner", "--gid-owner"): "gid",
-    ("conntrack", "--ctstate"): "ctstate", ("mark", "--mark"): "mark", ("connmark", "--mark"): "connmark",
-    ("owner", "--socket-exists"): "socket_exists", ("set", "--match-set"): "set",
-}
-_ARITY = {"socket_exists": 0, "set": 2}  # arguments of the modelled options; the others take one
+_MODELED: dict[tuple[str, str], MatchKind] = {pair: k for k in KINDS.values() for pair in k.options}
 
 
 class ParseError(MeshnetError):
@@ -148,21 +141,16 @@ def _modeled_matches(module: str, words: list[Token], line: str) -> list[Match] 
     """The model's matches for one module block, or None when any part of it is not modelled."""
     opts = _options(words, line)
     if opts == [] and module in ("tcp", "udp"):
-        return [Match("module", module)]  # a bare `-m tcp` (Istio's ambient rules write it)
+        return [Match(KINDS["module"].name, module)]  # a bare `-m tcp` (Istio's ambient rules write it)
     if not opts:
         return None
     out: list[Match] = []
     for neg, opt, args in opts:
         kind = _MODELED.get((module, opt))
-        if kind is None or len(args) != _ARITY.get(kind, 1):
+        value = kind.parse_value(args) if kind is not None else None
+        if kind is None or value is None:
             return None
-        value = " ".join(args)
-        if kind in ("mark", "connmark"):
-            try:
-                value = _mark(value)
-            except ValueError:
-                return None
-        out.append(Match(kind, value, neg))
+        out.append(Match(kind.name, value, neg))
     return out
 
 
