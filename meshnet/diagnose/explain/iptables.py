@@ -210,7 +210,7 @@ def explain_live(netns: Netns, packet: Packet, state: LiveState | None = None) -
             assert state.nft is not None
             ex = explain_nft(state.nft, packet)
         else:
-            ex = explain_ruleset(state.ruleset(backend, packet.family), packet, backend)  # type: ignore[arg-type]
+            ex = explain_ruleset(state.ruleset(backend, packet.family), packet, backend)
         ex.notes[:0] = [n for n in (route_note, owner_note) if n]
         if packet.direction == "out" and packet.uid is None and packet.gid is None:
             ex.notes.insert(0, "no uid=/gid= given: owner matches make the verdict uncertain")

@@ -54,11 +54,11 @@ def _match(tok: str, c: PathState) -> bool:
     if head == "ct" and words[1] == "state":
         return _cmp(neg, p.state.lower() in value.split(","))
     if head == "mark" or head == "ct" and words[1] == "mark":
-        have = c.mark if head == "mark" else c.ctmark
+        bits = c.mark if head == "mark" else c.ctmark
         if "&" in words:  # ambient's masked form, as parsed: `mark & 0xfff [!=] 1337`
             mask = int(words[words.index("&") + 1], 0)
-            return _cmp(neg, have & mask == int(words[-1], 0))
-        return _cmp(neg, have == int(value, 0))
+            return _cmp(neg, bits & mask == int(words[-1], 0))
+        return _cmp(neg, bits == int(value, 0))
     raise Uncertain(f"nft expression {tok!r} is not evaluated")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Literal
 
 from meshnet.errors import UsageError, quote
 from meshnet.lite.records import asdict, dataclass, replace
@@ -35,7 +36,7 @@ class Packet:
     ctmark: int = 0
 
     @property
-    def family(self) -> int:
+    def family(self) -> Literal[4, 6]:
         return self.src.version
 
     def describe(self) -> str:

@@ -30,8 +30,8 @@ from meshnet.lite.records import dataclass, field
 
 if TYPE_CHECKING:
     from meshnet.apply.netns import Netns
-    from meshnet.diagnose.explain.iptables import Explanation
     from meshnet.diagnose.explain.packet import Packet
+    from meshnet.diagnose.explain.result import Explanation
     from meshnet.state.live import LiveState
 
 TABLE_PREFIX = "meshnet-trace-"
@@ -429,8 +429,8 @@ def _model_text(live: LiveState, backend: str, family: int, table: str, chain: s
     from meshnet.apply.backends import NFTABLES
 
     if backend == NFTABLES:
-        rules = live.nft.rules(table, chain) if live.nft else []
-        return rules[idx - 1].body() if idx <= len(rules) else ""
+        nft_rules = live.nft.rules(table, chain) if live.nft else []
+        return nft_rules[idx - 1].body() if idx <= len(nft_rules) else ""
     rules = live.ruleset(backend, family).rules(table, chain)  # type: ignore[arg-type]
     return str(rules[idx - 1]) if idx <= len(rules) else ""
 
