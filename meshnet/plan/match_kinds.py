@@ -8,7 +8,8 @@ entry that says, for that kind:
 - `canonical`: the value the kernel stores, so a rule written by meshnet compares equal to the
   rule iptables-save prints (Rule.key());
 - `matches`: how `meshnet explain` evaluates it against a packet (three-valued: raises Uncertain
-  when the packet does not tell).
+  when the packet does not tell);
+- `iptc_attr` / `iptc_param` / `to_iptc`: how the iptc backend (python-iptables) writes it.
 Adding a kind is one class here plus its entry in KINDS; the renderer, the parser, compare and
 explain all read it from this table (tests/unit/test_match_kinds.py checks every entry round-trips).
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # `typing` costs ~4 ms at start-up; only type checkers need it
 if TYPE_CHECKING:
+    from typing import Any
+
     from meshnet.diagnose.explain.packet import Packet
 
 # Hooks a match is evaluated in (explain walks OUTPUT for local packets, PREROUTING for arriving ones).
@@ -52,6 +55,9 @@ class MatchKind:
     options: tuple[tuple[str, str], ...] = ()  # (module, option) pairs iptables-save prints for it
     arity: int = 1  # arguments of the option in iptables-save output
     implied: bool = False  # adds nothing to what matches (a bare `-m tcp`): not part of a rule's identity
+    port: bool = False  # an option of the protocol's own module (`-p tcp` loads it)
+    iptc_attr: str = ""  # python-iptables: the Rule attribute of a core option
+    iptc_param: tuple[str, str] = ("", "")  # python-iptables: (match module, its parameter); "" = the protocol's
 
     def __init__(self, name: str, option: str = "", module: str = "") -> None:
         self.name, self.option, self.module = name, option, module
@@ -67,6 +73,17 @@ class MatchKind:
 
     def canonical(self, value: str) -> str:
         return value
+
+    def to_iptc(self, rule: Any, value: str, negated: bool, proto: str, ports: bool) -> None:
+        """Set this match on a python-iptables Rule (`proto`: the rule's protocol; `ports`: it has a port match)."""
+        text = f"!{value}" if negated else value
+        if self.iptc_attr:
+            setattr(rule, self.iptc_attr, text)
+            return
+        module, param = self.iptc_param
+        if not param:
+            raise ValueError(f"unsupported match {self.name!r}")
+        setattr(rule.create_match(module or proto), param, text)
 
     def matches(self, value: str, negated: bool, packet: Packet, hook: str) -> bool:
         """Does this match hold for the packet at `hook`? Raises Uncertain when it cannot be known."""
@@ -93,6 +110,7 @@ class Verbatim(MatchKind):
 
 class Proto(MatchKind):
     core = ("-p", "--protocol")
+    iptc_attr = "protocol"
 
     def test(self, value: str, packet: Packet, hook: str) -> bool:
         return value in (packet.proto, "all", {"tcp": "6", "udp": "17"}[packet.proto])
@@ -104,6 +122,7 @@ class Address(MatchKind):
     def __init__(self, name: str, option: str, long: str) -> None:
         super().__init__(name, option)
         self.core = (option, long)
+        self.iptc_attr = name
 
     def canonical(self, value: str) -> str:
         import ipaddress  # lazy: only comparisons of live rules need it
@@ -128,6 +147,7 @@ class Interface(MatchKind):
     def __init__(self, name: str, option: str, long: str) -> None:
         super().__init__(name, option)
         self.core = (option, long)
+        self.iptc_attr = f"{name}_interface"
 
     def test(self, value: str, packet: Packet, hook: str) -> bool:
         from meshnet.diagnose.explain.values import iface_matches
@@ -140,9 +160,12 @@ class Interface(MatchKind):
 class Port(MatchKind):
     """--dport / --sport: loaded by `-p tcp|udp` in restore text; iptables-save adds `-m tcp`."""
 
+    port = True
+
     def __init__(self, name: str, option: str, long: str) -> None:
         super().__init__(name, option)
         self.options = tuple((mod, opt) for mod in ("tcp", "udp", "") for opt in (option, long))
+        self.iptc_param = ("", name)
 
     def test(self, value: str, packet: Packet, hook: str) -> bool:
         from meshnet.diagnose.explain.values import in_port_list
@@ -152,6 +175,7 @@ class Port(MatchKind):
 
 class Multiport(MatchKind):
     options = (("multiport", "--dports"), ("multiport", "--destination-ports"))
+    iptc_param = ("multiport", "dports")
 
     def test(self, value: str, packet: Packet, hook: str) -> bool:
         from meshnet.diagnose.explain.values import in_port_list
@@ -165,6 +189,7 @@ class Owner(MatchKind):
     def __init__(self, name: str) -> None:
         super().__init__(name, f"--{name}-owner", "owner")
         self.options = (("owner", self.option),)
+        self.iptc_param = ("owner", f"{name}_owner")
 
     def canonical(self, value: str) -> str:
         if value.isdigit():
@@ -192,6 +217,7 @@ class Owner(MatchKind):
 
 class Ctstate(MatchKind):
     options = (("conntrack", "--ctstate"),)
+    iptc_param = ("conntrack", "ctstate")
 
     def test(self, value: str, packet: Packet, hook: str) -> bool:
         return packet.state in {s.strip().upper() for s in value.split(",")}
@@ -203,6 +229,7 @@ class Mark(MatchKind):
     def __init__(self, name: str, module: str) -> None:
         super().__init__(name, "--mark", module)
         self.options = ((module, "--mark"),)
+        self.iptc_param = (module, "mark")
 
     def parse_value(self, args: list[str]) -> str | None:
         """'0x539' -> '1337'; '0x539/0xffffffff' -> '1337/0xffffffff' (mask kept in hex, like Istio)."""
@@ -240,6 +267,10 @@ class Module(MatchKind):
     def matches(self, value: str, negated: bool, packet: Packet, hook: str) -> bool:
         return True  # `-p tcp` decides; the module only loads the port options
 
+    def to_iptc(self, rule: Any, value: str, negated: bool, proto: str, ports: bool) -> None:
+        if not ports:  # a port match has loaded it already
+            rule.create_match(value)
+
 
 class SocketExists(MatchKind):
     options = (("owner", "--socket-exists"),)
@@ -247,6 +278,9 @@ class SocketExists(MatchKind):
 
     def tokens(self, value: str, negated: bool) -> list[str]:
         return ["-m", "owner", *_neg(negated), "--socket-exists"]
+
+    def to_iptc(self, rule: Any, value: str, negated: bool, proto: str, ports: bool) -> None:
+        rule.create_match("owner").socket_exists = "!" if negated else ""
 
 
 class MatchSet(MatchKind):
@@ -257,6 +291,10 @@ class MatchSet(MatchKind):
 
     def tokens(self, value: str, negated: bool) -> list[str]:
         return ["-m", "set", *_neg(negated), "--match-set", *value.split(" ")]
+
+    def to_iptc(self, rule: Any, value: str, negated: bool, proto: str, ports: bool) -> None:
+        name, *flags = value.split()
+        rule.create_match("set").match_set = [f"!{name}" if negated else name, *flags]
 
 
 _ALL: tuple[MatchKind, ...] = (

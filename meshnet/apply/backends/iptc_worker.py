@@ -11,43 +11,19 @@ import json
 import sys
 from typing import Any
 
+from meshnet.plan.match_kinds import kind_of
 from meshnet.plan.model import BUILTIN_CHAINS, TABLE_ORDER
-
-_SIMPLE = {"proto": "protocol", "src": "src", "dst": "dst", "in": "in_interface", "out": "out_interface"}
-_MODULE = {"dports": ("multiport", "dports"), "uid": ("owner", "uid_owner"), "gid": ("owner", "gid_owner"),
-           "ctstate": ("conntrack", "ctstate"), "mark": ("mark", "mark"), "connmark": ("connmark", "mark")}
-
-
-def _neg(value: str, negated: bool) -> str:
-    return f"!{value}" if negated else value
 
 
 def build_rule(iptc: Any, family: int, matches: list[list[Any]], target: list[str]) -> Any:
+    """Each match is set by its kind's entry (meshnet.plan.match_kinds); core options first, so the
+    protocol is known when a port match loads its module."""
     rule = iptc.Rule6() if family == 6 else iptc.Rule()
-    proto = "tcp"
-    for kind, value, negated in matches:
-        if kind in _SIMPLE:
-            setattr(rule, _SIMPLE[kind], _neg(value, negated))
-            if kind == "proto":
-                proto = value
-    for kind, value, negated in matches:
-        if kind in ("dport", "sport"):
-            m = rule.create_match(proto)
-            setattr(m, kind, _neg(value, negated))
-        elif kind in _MODULE:
-            module, param = _MODULE[kind]
-            m = rule.create_match(module)
-            setattr(m, param, _neg(value, negated))
-        elif kind == "module":  # a bare `-m tcp`: implied by a port match, if there is one
-            if not any(k in ("dport", "sport") for k, _, _ in matches):
-                rule.create_match(value)
-        elif kind == "socket_exists":
-            rule.create_match("owner").socket_exists = _neg("", negated)
-        elif kind == "set":
-            rule.create_match("set").match_set = [f"!{value.split()[0]}" if negated else value.split()[0],
-                                                  *value.split()[1:]]
-        elif kind not in _SIMPLE:
-            raise ValueError(f"unsupported match {kind!r}")
+    parts = [(kind_of(kind), value, negated) for kind, value, negated in matches]
+    proto = next((value for kind, value, _ in reversed(parts) if kind.iptc_attr == "protocol"), "tcp")
+    ports = any(kind.port for kind, _, _ in parts)
+    for kind, value, negated in sorted(parts, key=lambda part: not part[0].iptc_attr):
+        kind.to_iptc(rule, value, negated, proto, ports)
     name, *args = target
     t = rule.create_target(name)
     i = 0
