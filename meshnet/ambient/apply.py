@@ -1,37 +1,36 @@
 """Program a pod's namespace (in-pod rules + policy routing) or a node's (probe SNAT + ipsets) for ambient mode.
 
-The same guarantees as sidecar mode, built from the same backend pieces (Xtables restores, the
-iptc worker, one nft transaction, position-based removal from xt_cleanup):
+The same guarantees as sidecar mode, built from the same backend pieces (ambient/xt_apply.py for
+the iptables backends, one nft transaction for nftables), all under the namespace's writer lock:
 
-* nothing of ours there -> write (routing first, then one restore per family, or one nft
-  transaction); any failure removes exactly what this run added;
-* the same rules there  -> no-op (missing routing / sets are restored);
-* different rules       -> ApplyError naming the drift, unless `reconcile`: behind Istio's DROP
-  guardrails the old rules go and the spec's come in (nftables: one transaction).
+* nothing of ours there -> write: routing (or the node's ipsets) first, then both families in ONE
+  detached spawn (or one nft transaction); any failure removes exactly what this run added;
+* the same rules there  -> no-op (missing routing / sets restored; leftover DROP guardrails and an
+  earlier IPv6 spec's routing removed);
+* different rules       -> ApplyError naming the drift, unless `reconcile`: per family ONE restore
+  (guardrails in, old rules out, new in, guardrails out), both families in one detached spawn
+  (nftables: old tables out and new in, one transaction).
+
+A SIGKILL at any point leaves the old rules or the new ones, never guardrails or half a ruleset;
+at most the routing is ahead of the rules (re-running the same command completes it exactly):
+tests/kernel/test_ambient_faults.py.
 """
 
 from __future__ import annotations
 
 from meshnet.ambient import routing as amb_routing
+from meshnet.ambient import xt_apply
 from meshnet.ambient.spec import PROBE_IPSET, AmbientSpec
-from meshnet.apply.applier import (
-    ApplyResult,
-    CleanupResult,
-    _guardrail_text,
-    _rollback_xtables,
-    _safely,
-    detect_backend,
-)
+from meshnet.apply.applier import ApplyResult, CleanupResult, _rollback_xtables, _safely, detect_backend
 from meshnet.apply.backends import BACKENDS, IPTC, LEGACY, NFTABLES, nslock, routing
 from meshnet.apply.backends.xtables import Xtables, strip_counters
 from meshnet.apply.netns import Netns
 from meshnet.errors import ApplyError, SpecError, UsageError
-from meshnet.plan.model import IptablesPlan
 from meshnet.plan.nft_model import AMBIENT_PREFIX, NftPlan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from meshnet.plan.model import Family
+    from meshnet.plan.model import Family, IptablesPlan
 
 KUBELET_NAMES = ("kubelet", "kubelite", "k3s")
 
@@ -132,88 +131,65 @@ def _destroy_sets(netns: Netns, names: list[str]) -> None:
 def _apply_xt(netns: Netns, spec: AmbientSpec, name: str, reconcile: bool, host: bool) -> ApplyResult:
     xt = _xt(name)
     plan = xt_plan(spec, host)
-    before = {fam: xt.save(netns, fam) for fam in plan.families()}
+    before = {fam: xt.save(netns, fam) for fam in (4, 6)}  # both: a reconcile to IPv4 only removes IPv6's
     residue, drift = _drift(plan, before)
     if residue and not drift:
-        changes = routing.Changes()
-        made = _prerequisites(netns, spec, host, changes)
-        what = "; restored missing routing/sets" if made or not changes.empty else ""
-        return ApplyResult(name, bool(made) or not changes.empty, f"already applied in {netns.label}: no change{what}")
+        return _already_applied(netns, spec, xt, name, host, before)
     if residue and not reconcile:
         shown = "; ".join(drift[:5]) + (f"; ... ({len(drift) - 5} more)" if len(drift) > 5 else "")
         raise ApplyError(f"{netns.label}: existing Istio rules ({name}) differ from the ambient spec: {shown} "
                          f"(use --reconcile to replace them, or meshnet cleanup)")
-    if residue:
-        _reconcile_xt(netns, spec, plan, xt, name, host, before)
-        return ApplyResult(name, True, f"reconciled {netns.label}: {len(drift)} difference(s) replaced by the spec")
-    _write_xt(netns, spec, plan, xt, name, host, before)
-    count = sum(len(plan.ops(f)) for f in plan.families())
-    return ApplyResult(name, True, f"applied {count} ambient rules with {name} in {netns.label}")
-
-
-def _write_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, name: str, host: bool,
-              before: dict[Family, str]) -> None:
-    from meshnet.plan.render_restore import render_family
-
     changes = routing.Changes()
     made: list[str] = []
-    started: list[Family] = []
     try:
-        made = _prerequisites(netns, spec, host, changes)
-        for fam in plan.families():
-            started.append(fam)
-            if name == IPTC:
-                from meshnet.apply.backends.iptc_backend import write_family
-
-                write_family(netns, fam, plan.ops(fam))
-            else:
-                xt.restore(netns, fam, render_family(plan, fam))
+        made = _prerequisites(netns, spec, host, changes)  # what the new rules need, before them
+        if residue:
+            xt_apply.reconcile(netns, xt, plan, before)
+        else:
+            xt_apply.write(netns, xt, plan, name == IPTC)
     except BaseException as exc:
-        problems = _rollback_xtables(netns, xt, plan, started, before)
+        problems = [] if residue else _rollback_xtables(netns, xt, plan, list(plan.families()), before)
         problems += _safely(lambda: amb_routing.undo(netns, changes))
         problems += _safely(lambda: _destroy_sets(netns, made))
         if problems and isinstance(exc, ApplyError):
             raise ApplyError(f"{exc}; rollback incomplete ({'; '.join(problems)}): run meshnet cleanup") from None
         raise
+    _drop_stale_v6_routing(netns, spec, host)
+    if residue:
+        return ApplyResult(name, True, f"reconciled {netns.label}: {len(drift)} difference(s) replaced by the spec "
+                                       f"(one restore per family)")
+    count = sum(len(plan.ops(f)) for f in plan.families())
+    return ApplyResult(name, True, f"applied {count} ambient rules with {name} in {netns.label}")
 
 
-def _reconcile_xt(netns: Netns, spec: AmbientSpec, plan: IptablesPlan, xt: Xtables, name: str, host: bool,
-                  before: dict[Family, str]) -> None:
-    """Istio's reconcile: DROP guardrails, remove the old rules, write the spec's, guardrails off (always)."""
-    from meshnet.apply.backends.nft_prune import prune_empty
-    from meshnet.apply.backends.xt_cleanup import plan_removal
+def _already_applied(netns: Netns, spec: AmbientSpec, xt: Xtables, name: str, host: bool,
+                     before: dict[Family, str]) -> ApplyResult:
+    """The rules match: restore missing routing/sets; remove what an interrupted writer left
+    (Istio's DROP guardrails, an earlier IPv6 spec's routing)."""
+    from meshnet.apply.backends.xt_backend import drop_leftover_guardrails
 
-    guarded: list[Family] = []
-    existing = {fam: _nft_chains(netns, fam, "filter") for fam in plan.families()} if xt.variant == "nft" else {}
-    try:
-        for fam in plan.families():
-            xt.restore(netns, fam, _guardrail_text("-I"))
-            guarded.append(fam)
-        cleaned: dict[Family, str] = {}
-        for fam in plan.families():
-            removal = plan_removal(xt.save(netns, fam), fam)
-            xt.restore(netns, fam, removal.restore_text())
-            if xt.variant == "nft":  # tables the new rules do not use must not stay behind, empty
-                unused = set(removal.tables()) - set(plan.ruleset(fam).tables)
-                prune_empty(netns, fam, {t: None for t in unused})
-            cleaned[fam] = xt.save(netns, fam)
-        _write_xt(netns, spec, plan, xt, name, host, cleaned)
-    finally:
-        for fam in guarded:
-            _safely(lambda fam=fam: xt.restore(netns, fam, _guardrail_text("-D")))
-            if xt.variant == "nft":  # the guardrails' base chains that did not exist before go again
-                made = {"INPUT", "FORWARD", "OUTPUT"} - existing[fam]
-                prune_empty(netns, fam, {"filter": made})
+    changes = routing.Changes()
+    made = _prerequisites(netns, spec, host, changes)
+    unblocked = drop_leftover_guardrails(netns, xt, before)
+    if unblocked and xt.variant == "nft":
+        from meshnet.apply.backends.nft_prune import prune_empty
+
+        for fam in (4, 6):
+            prune_empty(netns, fam, {"filter": set(xt_apply.GUARDRAIL_CHAINS)})
+    stale = _drop_stale_v6_routing(netns, spec, host)
+    what = "; restored missing routing/sets" if made or not changes.empty else ""
+    what += "; removed leftover DROP guardrails" if unblocked else ""
+    what += "; removed stale IPv6 routing" if stale else ""
+    changed = bool(made or not changes.empty or unblocked or stale)
+    verdict = "repaired" if changed else "no change"
+    return ApplyResult(name, changed, f"already applied in {netns.label}: {verdict}{what}")
 
 
-def _nft_chains(netns: Netns, fam: Family, table: str) -> set[str]:
-    """Chains iptables-nft really created (its save output shows every builtin chain of a table)."""
-    import json
-
-    cp = netns.run(["nft", "-j", "list", "table", "ip6" if fam == 6 else "ip", table], check=False, timeout=30)
-    if cp.returncode != 0:
-        return set()
-    return {item["chain"]["name"] for item in json.loads(cp.stdout).get("nftables", []) if "chain" in item}
+def _drop_stale_v6_routing(netns: Netns, spec: AmbientSpec, host: bool) -> list[str]:
+    """An IPv4-only spec: the IPv6 routing an earlier IPv6 spec added goes, after the rules that used it."""
+    if host or spec.enable_ipv6:
+        return []
+    return amb_routing.remove_all(netns, families=(amb_routing.AF_INET6,))
 
 
 def _nft_sets_text(spec: AmbientSpec) -> str:
@@ -239,8 +215,11 @@ def _apply_nft(netns: Netns, spec: AmbientSpec, reconcile: bool, host: bool) -> 
         if not drift:
             if not host:
                 amb_routing.add(netns, spec.enable_ipv6, changes)
+            stale = _drop_stale_v6_routing(netns, spec, host)
             what = "; restored missing routing" if not changes.empty else ""
-            return ApplyResult(NFTABLES, not changes.empty, f"already applied in {netns.label}: no change{what}")
+            what += "; removed stale IPv6 routing" if stale else ""
+            changed = not changes.empty or bool(stale)
+            return ApplyResult(NFTABLES, changed, f"already applied in {netns.label}: no change{what}")
         if not reconcile:
             shown = "; ".join(drift[:5])
             raise ApplyError(f"{netns.label}: existing Istio rules (nftables) differ from the ambient spec: {shown} "
@@ -254,6 +233,7 @@ def _apply_nft(netns: Netns, spec: AmbientSpec, reconcile: bool, host: bool) -> 
     except BaseException:
         amb_routing.undo(netns, changes)
         raise
+    _drop_stale_v6_routing(netns, spec, host)
     verb = "replaced" if not present.empty else "applied"
     return ApplyResult(NFTABLES, True, f"{verb} {len(plan.ops)} ambient nft rules in {netns.label} (one transaction)")
 
@@ -268,28 +248,16 @@ def cleanup_ambient(netns: Netns, *, host: bool = False) -> CleanupResult:
 
 def _cleanup_locked(netns: Netns, host: bool) -> CleanupResult:
     from meshnet.apply.backends import nftables
-    from meshnet.apply.backends.xt_cleanup import plan_removal
-    from meshnet.apply.backends.xtables import legacy_tables
 
     removed: list[str] = []
     cleaned: list[str] = []
     for xt in (Xtables("legacy"), Xtables("nft")):
         if not xt.available():
             continue
-        for fam in (4, 6):
-            if xt.variant == "legacy" and not legacy_tables(netns, fam):
-                continue
-            removal = plan_removal(xt.save(netns, fam), fam)
-            if removal.empty:
-                continue
-            xt.restore(netns, fam, removal.restore_text())
-            if xt.variant == "nft":
-                from meshnet.apply.backends.nft_prune import prune_empty
-
-                prune_empty(netns, fam, {t: None for t in removal.tables()})
-            removed += [f"{xt.binary(fam, '')} -t {t} {line}" for t in removal.tables() for line in removal.lines(t)]
-            if xt.backend not in cleaned:
-                cleaned.append(xt.backend)
+        lines = xt_apply.cleanup(netns, xt)  # both families (and leftover guardrails) in one spawn
+        if lines:
+            removed += lines
+            cleaned.append(xt.backend)
     present = nftables.live(netns, AMBIENT_PREFIX)
     if not present.empty or (host and _nft_table_exists(netns)):
         held = {t for t, _ in present.chains} | ({"nat"} if host else set())  # the node's nat table may hold only sets
@@ -325,7 +293,7 @@ def ambient_drift(netns: Netns, spec: AmbientSpec, *, host: bool = False) -> lis
         if not xt.available():
             continue
         plan = xt_plan(spec, host)
-        texts = {fam: xt.save(netns, fam) for fam in plan.families()}
+        texts = {fam: xt.save(netns, fam) for fam in (4, 6)}
         residue, drift = _drift(plan, texts)
         if residue:
             holders.append(xt.backend)

@@ -96,14 +96,14 @@ def missing(netns: Netns, ipv6: bool) -> list[str]:
     return out
 
 
-def remove_all(netns: Netns) -> list[str]:
-    """Cleanup: our rule in both families, and table 100's local default when nothing else uses it."""
+def remove_all(netns: Netns, families: tuple[int, ...] = (AF_INET, AF_INET6)) -> list[str]:
+    """Cleanup: our rule in these families, and table 100's local default when nothing else uses it."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     removed: list[str] = []
     with netns.ipr() as ipr:
         lo = _lo_index(ipr)
-        for fam in (AF_INET, AF_INET6):
+        for fam in families:
             name = "-6 " if fam == AF_INET6 else ""
             for _ in _our_rules(ipr, fam):
                 try:
