@@ -1,6 +1,6 @@
 """`meshnet apply`: program a pod namespace from istio-iptables flags or a spec file.
 
-Also home of the target/spec argument handling that `meshnet status` shares.
+Also home of the spec argument handling that `meshnet status` shares (the target's is in cli/target.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from meshnet.cli.errors import guarded
+from meshnet.cli.target import BACKEND_CHOICES, add_target_args, refuse_own_namespace, resolve_target
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -20,43 +21,8 @@ if TYPE_CHECKING:
     from meshnet.spec.flags import RunOptions
     from meshnet.spec.spec import Spec
 
-BACKEND_CHOICES = ("auto", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
-
-def add_target_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--netns", default=None, metavar="NAME|PATH", help="network namespace name or nsfs path")
-    parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
-
-
-def resolve_target(ns: argparse.Namespace, network_namespace: str = "", inspect: bool = False) -> Netns:
-    """Exactly one explicit target: writing commands never default to the caller's own namespace.
-
-    inspect=True (status): neither given means the current namespace, capabilities checked up front.
-    """
-    from meshnet.apply.netns import Netns
-
-    given = [v for v in (ns.netns, network_namespace or None) if v]
-    if len(given) > 1 and given[0] != given[1]:
-        raise UsageError("give the namespace once (--netns or --network-namespace)")
-    if given and ns.pid is not None:
-        raise UsageError("give either --netns or --pid, not both")
-    if inspect:
-        from meshnet.cli.inspect_target import inspect_target
-
-        return inspect_target(given[0] if given else None, ns.pid)
-    if not given and ns.pid is None:
-        raise UsageError("missing target: --netns NAME|PATH or --pid PID (apply, cleanup and validate never "
-                         "default to the namespace meshnet runs in; inside a pod, use meshnet istio-iptables)")
-    return Netns.resolve(netns=given[0] if given else None, pid=ns.pid)
-
-
-def refuse_own_namespace(netns: Netns) -> None:
-    """Writing commands never program the namespace meshnet itself runs in (e.g. `--pid 1` on a
-    node would rewrite the host's rules); inside a pod, `meshnet istio-iptables` is the tool."""
-    if netns.is_current():
-        raise UsageError(f"{netns.label} is the network namespace meshnet runs in: refusing to change it "
-                         f"(inside a pod, use meshnet istio-iptables)")
 
 
 def spec_parser(prog: str) -> argparse.ArgumentParser:
