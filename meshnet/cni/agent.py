@@ -205,7 +205,7 @@ def _metrics_step(metrics: object, scrape: socket.socket | None, reports: socket
     periodic = [p for p in (sweeper, repairer) if isinstance(p, Sweeper)]
     for p in periodic:
         p.tick()
-    fds: list[object] = [scrape, reports] + [p.fd for p in periodic if p.fd is not None]
+    fds: list[socket.socket | int] = [scrape, reports, *(p.fd for p in periodic if p.fd is not None)]
     try:
         readable, _, _ = select.select(fds, [], [], 0.2)
     except InterruptedError:

@@ -168,7 +168,8 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
         from meshnet.ambient.cni import pod_enrolled
 
         if pod_enrolled(pod, config.ambient):
-            return _check_ambient(env, config, pod)
+            _check_ambient(env, config, pod)
+            return None
     reason = _skip_for_check(pod, config)
     if reason:
         log.debug("check: pod not programmed", reason=reason)

@@ -94,7 +94,8 @@ def load_kubeconfig(path: str) -> KubeTarget:
     server = cluster.get("server")
     if not isinstance(server, str) or not server.startswith(("https://", "http://")):
         raise _bad(path, f"cluster server {server!r} is not an http(s) URL")
-    token = user.get("token") if isinstance(user.get("token"), str) else ""
+    raw_token = user.get("token")
+    token = raw_token if isinstance(raw_token, str) else ""
     if not token and isinstance(user.get("tokenFile"), str):
         token = _file_or_data({"token": user["tokenFile"]}, "token", base, path).decode().strip()
     return KubeTarget(

@@ -98,7 +98,7 @@ def attach_cri(targets: list[Target], sandboxes: list[dict[str, Any]]) -> list[T
     for sb in sandboxes:
         path = sb.get("netns") or (f"/proc/{sb['pid']}/ns/net" if sb.get("pid") else None)
         key = _key(path) if path else None
-        if key is None:
+        if path is None or key is None:
             continue
         meta = {k: sb.get(k) for k in ("id", "name", "namespace", "uid")}
         meta["expect_mesh"] = SIDECAR_ANNOTATION in (sb.get("annotations") or {})

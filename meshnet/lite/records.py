@@ -144,17 +144,18 @@ def _decorate(cls: type[T], frozen: bool, slots: bool = False) -> type[T]:
     setattr(cls, _FIELDS, _collect(cls))
     if slots:
         cls = _with_slots(cls)
-    cls.__init__ = _init  # type: ignore[misc,method-assign]
+    # The generic methods, installed by name: the class is a plain `type[T]` to a type checker.
+    methods: dict[str, Any] = {"__init__": _init, "__match_args__": tuple(f.name for f in getattr(cls, _FIELDS))}
     if "__repr__" not in cls.__dict__:
-        cls.__repr__ = _repr  # type: ignore[assignment]
+        methods["__repr__"] = _repr
     if "__eq__" not in cls.__dict__:
-        cls.__eq__ = _eq  # type: ignore[assignment]
+        methods["__eq__"] = _eq
     if "__hash__" not in cls.__dict__ or cls.__dict__["__hash__"] is None:
-        cls.__hash__ = _hash if frozen else None  # type: ignore[assignment]
+        methods["__hash__"] = _hash if frozen else None
     if frozen:
-        cls.__setattr__ = _frozen_setattr  # type: ignore[assignment]
-        cls.__delattr__ = _frozen_delattr  # type: ignore[assignment]
-    cls.__match_args__ = tuple(f.name for f in getattr(cls, _FIELDS))  # type: ignore[attr-defined,misc]
+        methods["__setattr__"], methods["__delattr__"] = _frozen_setattr, _frozen_delattr
+    for name, value in methods.items():
+        setattr(cls, name, value)
     return cls
 
 

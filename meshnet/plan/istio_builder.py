@@ -204,7 +204,7 @@ def _dns(e: _Emitter, spec: Spec) -> None:
     plen: dict[Family, str] = {4: "/32", 6: "/128"}
     for fam in (4, 6):
         if all_dns or servers[fam]:
-            e.append(NAT, ISTIO_OUTPUT, (), j(ISTIO_OUTPUT_DNS), family=fam)  # type: ignore[arg-type]
+            e.append(NAT, ISTIO_OUTPUT, (), j(ISTIO_OUTPUT_DNS), family=fam)
     dport = M("dport", DNS_PORT)
     if all_dns:
         e.append(NAT, ISTIO_OUTPUT_DNS, (tcp, dport), j("REDIRECT", "--to-ports", DNS_LISTENER_PORT))
@@ -238,6 +238,11 @@ def _dns(e: _Emitter, spec: Spec) -> None:
                          family=fam)  # type: ignore[arg-type]
 
 
+def _proxy_owned_on_lo(loopback: dict[Family, str], tcp: Match, kind: str, owner: str) -> Versioned:
+    """Per family: the proxy's own traffic on lo to a non-loopback address (one closure per owner)."""
+    return lambda f: (M("dst", loopback[f], negated=True), tcp, M("out", "lo"), M(kind, owner))
+
+
 def _tproxy_tail(e: _Emitter, spec: Spec, loopback: dict[Family, str]) -> None:
     tcp = M("proto", "tcp")
     mark = str(spec.tproxy_mark)
@@ -246,9 +251,7 @@ def _tproxy_tail(e: _Emitter, spec: Spec, loopback: dict[Family, str]) -> None:
     e.append(MANGLE, "OUTPUT", (tcp, M("out", "lo"), M("mark", mark)), j("RETURN"))
     for kind, owners in (("uid", spec.proxy_uids), ("gid", spec.proxy_gids)):
         for owner in owners:
-            e.append(MANGLE, "OUTPUT",
-                     lambda f, kind=kind, owner=owner: (
-                         M("dst", loopback[f], negated=True), tcp, M("out", "lo"), M(kind, owner)),
+            e.append(MANGLE, "OUTPUT", _proxy_owned_on_lo(loopback, tcp, kind, owner),
                      j("MARK", "--set-mark", str(OUTBOUND_MARK)))
     e.append(MANGLE, "OUTPUT", (tcp, M("connmark", mark)), j("CONNMARK", "--restore-mark"))
     e.insert(MANGLE, ISTIO_INBOUND, 1, (tcp, M("mark", mark)), j("RETURN"))

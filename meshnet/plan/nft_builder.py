@@ -51,6 +51,11 @@ class _Emitter:
             self.add(table, chain, matches(fam), *action, family=fam, index=index)
 
 
+def _owned_on_lo(lo: dict[int, str], *owner_matches: str) -> VersionedMatches:
+    """Per family: TCP on lo to a non-loopback address, then `owner_matches` (one closure per owner)."""
+    return lambda f: ("oifname lo", L4TCP, f"{IP[f]} daddr != {lo[f]}", *owner_matches)
+
+
 def build_nft(spec: Spec) -> NftPlan:
     e = _Emitter(spec.enable_ipv6)
     lo: dict[int, str] = {4: spec.ipv4_loopback_cidr, 6: "::1/128"}
@@ -111,10 +116,7 @@ def build_nft(spec: Spec) -> NftPlan:
     for sk, owners in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
         for owner in owners:
             ports = f"tcp dport != {{ 53, {tunnel} }}" if dns and sk == "skuid" else f"tcp dport != {tunnel}"
-            e.versioned(NAT, "istio-output",
-                        lambda f, ports=ports, sk=sk, owner=owner: (
-                            "oifname lo", L4TCP, f"{IP[f]} daddr != {lo[f]}", ports, f"{sk} {owner}"),
-                        "jump istio-in-redirect")
+            e.versioned(NAT, "istio-output", _owned_on_lo(lo, ports, f"{sk} {owner}"), "jump istio-in-redirect")
             if not loopback_included:
                 if dns:
                     e.add(NAT, "istio-output", ("oifname lo", L4TCP, "tcp dport != 53", f"{sk} != {owner}"), "return")
@@ -151,10 +153,7 @@ def build_nft(spec: Spec) -> NftPlan:
         e.add(MANGLE, "output", ("oifname lo", L4TCP, f"mark {mark}"), "return")
         for sk, owners in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
             for owner in owners:
-                e.versioned(MANGLE, "output",
-                            lambda f, sk=sk, owner=owner: (
-                                "oifname lo", L4TCP, f"{IP[f]} daddr != {lo[f]}", f"{sk} {owner}"),
-                            f"meta mark set {OUTBOUND_MARK}")
+                e.versioned(MANGLE, "output", _owned_on_lo(lo, f"{sk} {owner}"), f"meta mark set {OUTBOUND_MARK}")
         e.add(MANGLE, "output", (L4TCP, f"ct mark {mark}"), "meta mark set ct mark")
         e.add(MANGLE, "istio-inbound", (L4TCP, f"mark {mark}"), "return", index=0)
         e.versioned(MANGLE, "istio-inbound", lambda f: ("iifname lo", L4TCP, f"{IP[f]} saddr {PASSTHROUGH[f]}"),

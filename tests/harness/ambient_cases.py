@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.golden_cases import GOLDEN
 
@@ -20,6 +21,7 @@ class AmbientCase:
     host: bool = False
 
     def spec(self, kind: str) -> AmbientSpec:
+        # ignore: the table's values are per-field (bool, str, tuple); AmbientSpec validates them
         return AmbientSpec(**self.kwargs, **_per_kind(self, kind))  # type: ignore[arg-type]
 
     def argv(self, kind: str) -> list[str]:
@@ -44,7 +46,7 @@ def _per_kind(case: AmbientCase, kind: str) -> dict[str, object]:
     return extra
 
 
-_BASE = [
+_BASE: list[tuple[str, dict[str, object], tuple[str, ...], bool]] = [
     ("default", {"redirect_dns": True}, ("--redirect-dns",), False),
     ("ingress", {"ingress_mode": True}, ("--ingress-mode",), False),
     ("virtual_interfaces", {"virtual_interfaces": VIRT}, ("--virtual-interfaces", ",".join(VIRT)), False),
@@ -59,5 +61,5 @@ AMBIENT_CASES = [AmbientCase(name + suffix, {**kw, **({"enable_ipv6": True} if s
                  for name, kw, flags, host in _BASE for suffix in ("", "_ipv6")]
 
 
-def ambient_golden(kind: str, name: str):  # type: ignore[no-untyped-def]
+def ambient_golden(kind: str, name: str) -> Path:
     return GOLDEN / f"ambient-{kind}" / f"{name}.golden"

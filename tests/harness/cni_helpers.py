@@ -283,8 +283,8 @@ def interception_state(ns: Netns) -> list[str]:
             tool = "iptables-legacy-save" if fam == 4 else "ip6tables-legacy-save"
             found += [f"{tool}: {ln}" for ln in ns.run([tool]).stdout.splitlines() if "ISTIO" in ln]
     found += [f"nft: {ln}" for ln in ns.run(["nft", "list", "tables"]).stdout.splitlines() if "istio" in ln]
-    for fam in ("-4", "-6"):
-        found += [f"ip {fam} rule: {ln}" for ln in ns.run(["ip", fam, "rule"]).stdout.splitlines()
+    for ip_fam in ("-4", "-6"):
+        found += [f"ip {ip_fam} rule: {ln}" for ln in ns.run(["ip", ip_fam, "rule"]).stdout.splitlines()
                   if "fwmark" in ln]
     return found
 

@@ -15,14 +15,14 @@ owners = st.one_of(st.integers(min_value=0, max_value=70000).map(str), st.sample
 
 
 @st.composite
-def cidr4(draw) -> str:  # type: ignore[no-untyped-def]
+def cidr4(draw: st.DrawFn) -> str:
     plen = draw(st.integers(min_value=8, max_value=32))
     addr = ipaddress.IPv4Address(draw(st.integers(min_value=0x0B000000, max_value=0xDF000000)))
     return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
 
 
 @st.composite
-def cidr6(draw) -> str:  # type: ignore[no-untyped-def]
+def cidr6(draw: st.DrawFn) -> str:
     plen = draw(st.integers(min_value=16, max_value=128))
     addr = ipaddress.IPv6Address(draw(st.integers(min_value=0x20010DB8 << 96, max_value=(0x20010DB9 << 96) - 1)))
     return ipaddress.ip_network(f"{addr}/{plen}", strict=False).with_prefixlen
@@ -32,7 +32,7 @@ cidrs = st.lists(st.one_of(cidr4(), cidr6()), max_size=3, unique=True).map(tuple
 
 
 @st.composite
-def specs(draw) -> Spec:  # type: ignore[no-untyped-def]
+def specs(draw: st.DrawFn) -> Spec:
     inbound_wild = draw(st.booleans())
     outbound_wild = draw(st.booleans())
     redirect_dns = draw(st.booleans())

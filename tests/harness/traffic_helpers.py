@@ -15,7 +15,6 @@ with the applier's own ``cleanup`` so each case starts from a clean namespace.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from typing import Any
 from harness.topology import Topology
 
 from meshnet.apply.netns import Netns
+from meshnet.lite.spawn import Completed
 from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import read_nameservers
 from meshnet.spec.spec import Spec
@@ -173,5 +173,5 @@ def traffic_lab(backend: str) -> Iterator[Lab]:
             lab.clear()
 
 
-def _ip(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
+def _ip(ns: Netns, *args: str) -> Completed:
     return ns.run(["ip", *args])

@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Iterable
 
 from meshnet.lite.records import dataclass, field
-from meshnet.plan.model import Family, Match, Rule
+from meshnet.plan.model import Family, Match, Rule, Target
 from meshnet.state.parse_save import parse_rule, split_words
 
 ISTIO_PREFIX = "ISTIO_"
-RuleKey = tuple[object, ...]
+RuleKey = tuple[str, str, frozenset[Match], Target]  # Rule.key()
 OUTBOUND_MARK = "1338"
 
 
@@ -240,6 +240,6 @@ def _excluded_interfaces(table: str, rules: list[Rule], tail: list[Rule],
         for r in (r for r in rules if r.chain == "PREROUTING"):
             if r.target.name == "ISTIO_REDIRECT":
                 seen_virt |= {m.value for m in r.matches if m.kind == "in" and not m.negated}
-            elif (nic := plain_return(r, "PREROUTING", "in")) and nic in seen_virt:
+            elif (virt_nic := plain_return(r, "PREROUTING", "in")) and virt_nic in seen_virt:
                 doomed.add(id(r))
     return doomed

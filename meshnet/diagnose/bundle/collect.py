@@ -136,7 +136,8 @@ def node_info() -> dict[str, Any]:
 
 def write_bundle(path: str, pods: list[dict[str, Any]], node: dict[str, Any]) -> None:
     """A gzip'd tar, created 0600 (it holds addresses and process names); written to a temp name first."""
-    manifest = {"format": FORMAT, "node": node, "pods": []}
+    listed: list[dict[str, Any]] = []
+    manifest = {"format": FORMAT, "node": node, "pods": listed}
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -147,8 +148,8 @@ def write_bundle(path: str, pods: list[dict[str, Any]], node: dict[str, Any]) ->
                 _add(tar, f"{folder}/record.json", json.dumps(pod, indent=1))
                 for name, text in sorted(files.items()):
                     _add(tar, f"{folder}/{name}", text)
-                manifest["pods"].append({"label": pod["label"], "path": pod["path"], "pod": pod["pod"],
-                                         "dir": folder, "files": sorted(files)})
+                listed.append({"label": pod["label"], "path": pod["path"], "pod": pod["pod"],
+                               "dir": folder, "files": sorted(files)})
             _add(tar, "manifest.json", json.dumps(manifest, indent=1))
         os.replace(tmp, path)
     except BaseException:

@@ -112,13 +112,13 @@ def structural_holes(live: LiveState) -> list[str]:
 
 def _xt_holes(rs: RuleSet) -> list[str]:
     out = []
-    for (table, chain), builtin in _ENTRY.items():
+    for (table_name, chain), builtin in _ENTRY.items():
         # Only chains that act need the jump: in TPROXY mode Istio leaves nat ISTIO_INBOUND with
         # a lone RETURN rule and no PREROUTING jump.
-        acting = [r for r in rs.rules(table, chain) if r.target.name != "RETURN"]
-        if acting and not any(r.target.name == chain for r in rs.rules(table, builtin)):
-            out.append(f"-t {table} {chain} has {len(rs.rules(table, chain))} rules but {builtin} does not jump "
-                       f"to it (-A {builtin} ... -j {chain} missing)")
+        acting = [r for r in rs.rules(table_name, chain) if r.target.name != "RETURN"]
+        if acting and not any(r.target.name == chain for r in rs.rules(table_name, builtin)):
+            out.append(f"-t {table_name} {chain} has {len(rs.rules(table_name, chain))} rules but {builtin} "
+                       f"does not jump to it (-A {builtin} ... -j {chain} missing)")
     for table in rs.tables.values():
         jumped = {r.target.name for c in table.chains.values() for r in c.rules}
         for chain, target in _TERMINAL.items():

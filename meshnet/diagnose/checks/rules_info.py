@@ -5,7 +5,9 @@ from __future__ import annotations
 from meshnet.apply.backends import LEGACY, NFT, NFTABLES
 from meshnet.lite.records import dataclass, field
 from meshnet.plan.model import Rule
+from meshnet.plan.nft_model import NftRule
 from meshnet.state.live import LiveState
+from meshnet.state.parse_nft import NftRuleset
 
 
 @dataclass
@@ -35,27 +37,8 @@ def facts(live: LiveState) -> RuleFacts:
                         _xt_rule(f, fam, rule, backend)
     if live.nft is not None:
         for rules in live.nft.chains.values():
-            for rule in rules:
-                text = rule.body()
-                toks = (*rule.matches, *rule.action)
-                for tok in toks:
-                    words = tok.split(" ")
-                    if words[0] in ("redirect", "tproxy") and ":" in words[-1]:
-                        proto = "udp" if any(t.startswith("udp ") or t == "meta l4proto udp" for t in toks) else "tcp"
-                        f.captures.add((proto, int(words[-1].rsplit(":", 1)[1])))
-                        if words[0] == "redirect" and any(t.endswith("dport 53") for t in toks):
-                            f.dns_capture.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
-                    if words[0] == "tproxy":
-                        marks = [int(t.split()[-1], 0) for t in toks if t.startswith("meta mark set ")
-                                 and t.split()[-1].isdigit()]
-                        f.tproxy_marks.setdefault(6 if words[1] == "ip6" else 4, set()).update(marks)
-                    if tok.startswith("ct zone set "):
-                        f.ct_zones.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
-                if "ct state invalid" in rule.matches and (rule.action == ("drop",) or rule.jump_target):
-                    target = rule.jump_target
-                    if target is None or live.nft.rules(rule.table, target)[:1] and \
-                            live.nft.rules(rule.table, target)[0].action == ("drop",):
-                        f.drop_invalid.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
+            for nft_rule in rules:
+                _nft_rule(f, live.nft, nft_rule)
     return f
 
 
@@ -80,6 +63,30 @@ def _xt_rule(f: RuleFacts, fam: int, rule: Rule, backend: str) -> None:
     if any(m.kind == "ctstate" and "INVALID" in m.value.upper() and not m.negated for m in rule.matches) and \
             (t.name == "DROP" or t.name == "ISTIO_DROP"):
         f.drop_invalid.append(where)
+
+
+def _nft_rule(f: RuleFacts, ruleset: NftRuleset, rule: NftRule) -> None:
+    """The same facts from one rule of Istio's native nft tables (their `ruleset`)."""
+    text = rule.body()
+    toks = (*rule.matches, *rule.action)
+    for tok in toks:
+        words = tok.split(" ")
+        if words[0] in ("redirect", "tproxy") and ":" in words[-1]:
+            proto = "udp" if any(t.startswith("udp ") or t == "meta l4proto udp" for t in toks) else "tcp"
+            f.captures.add((proto, int(words[-1].rsplit(":", 1)[1])))
+            if words[0] == "redirect" and any(t.endswith("dport 53") for t in toks):
+                f.dns_capture.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
+        if words[0] == "tproxy":
+            marks = [int(t.split()[-1], 0) for t in toks if t.startswith("meta mark set ")
+                     and t.split()[-1].isdigit()]
+            f.tproxy_marks.setdefault(6 if words[1] == "ip6" else 4, set()).update(marks)
+        if tok.startswith("ct zone set "):
+            f.ct_zones.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
+    if "ct state invalid" in rule.matches and (rule.action == ("drop",) or rule.jump_target):
+        target = rule.jump_target
+        if target is None or ruleset.rules(rule.table, target)[:1] and \
+                ruleset.rules(rule.table, target)[0].action == ("drop",):
+            f.drop_invalid.append(f"{NFTABLES} {rule.table} {rule.chain}: {text}")
 
 
 def istio_tproxy_marks(live: LiveState) -> dict[int, set[int]]:

@@ -66,8 +66,8 @@ def with_owners(netns: Netns, listeners: list[Listener]) -> list[Listener]:
     out = []
     for sock in listeners:
         if sock.inode in found:
-            pid, gid, comm = found[sock.inode]
-            sock = Listener(sock.port, sock.uid, sock.inode, pid, gid, comm)
+            owner_pid, gid, comm = found[sock.inode]
+            sock = Listener(sock.port, sock.uid, sock.inode, owner_pid, gid, comm)
         out.append(sock)
     return out
 

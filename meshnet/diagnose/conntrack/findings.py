@@ -319,7 +319,7 @@ def _envoy_finding(snap: Snapshot, groups: list[_Group]) -> Finding | None:
     lines = [a for a in snap.envoy or [] if a.is_503_uf]
     if not lines:
         return None
-    clients = {}
+    clients: dict[tuple[str, int], tuple[_Group, CtEntry]] = {}
     for g in groups:
         for e in g.entries:
             for key in ((e.src, e.sport), (e.rdst, e.rdport)):

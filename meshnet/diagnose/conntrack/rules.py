@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Set as AbstractSet
 
 from meshnet.lite.records import dataclass, field
 
@@ -163,7 +164,7 @@ _NFT_CHAIN = re.compile(r"^\s*chain (\S+) \{")
 _NFT_HOOK = re.compile(r"type (\w+) hook (\w+)")
 
 
-def parse_nft(text: str, skip_tables: set[str] = frozenset()) -> tuple[dict[str, list[_Rule]], dict[str, str]]:
+def parse_nft(text: str, skip_tables: AbstractSet[str] = frozenset()) -> tuple[dict[str, list[_Rule]], dict[str, str]]:
     """Chains keyed "family table chain", and hook -> chain keys; tables in skip_tables ignored."""
     chains: dict[str, list[_Rule]] = {}
     hooks: dict[str, str] = {}
@@ -243,7 +244,7 @@ def _walk(chains: dict[str, list[_Rule]], start: str, direction: str, backend: s
         elif kind == "jump":
             _walk(chains, str(arg), direction, backend, out, here_ex, here_only, depth + 1)
         elif kind in ("redirect", "dnat", "tproxy"):
-            out.captures.append(Capture(kind, direction, arg if isinstance(arg, int) else None,  # type: ignore[arg-type]
+            out.captures.append(Capture(kind, direction, arg if isinstance(arg, int) else None,
                                         here_only, here_ex, r.text, backend))
         elif kind == "snat":
             out.snat.append(r.text)
@@ -269,7 +270,7 @@ def analyze_iptables(text: str, backend: str = "iptables") -> RulesInfo:
     return out
 
 
-def analyze_nft(text: str, skip_tables: set[str] = frozenset()) -> RulesInfo:
+def analyze_nft(text: str, skip_tables: AbstractSet[str] = frozenset()) -> RulesInfo:
     chains, hooks = parse_nft(text, skip_tables)
     out = RulesInfo(sources=["nft"])
     for key, chain in hooks.items():

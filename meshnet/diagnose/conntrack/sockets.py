@@ -55,7 +55,7 @@ def list_tcp(ns: Netns | None) -> list[TcpSock]:
 
 
 def _read(s: socket.socket, fam: int) -> list[TcpSock]:
-    out = []
+    out: list[TcpSock] = []
     while True:
         buf = s.recv(1 << 16)
         pos = 0
