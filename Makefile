@@ -23,6 +23,6 @@ images: setup
 bench: setup
 	@for b in bench/*.py; do .venv/bin/python $$b; done
 
-# The CRI client's stubs (meshnet/cri/*_pb2*.py) from meshnet/cri/cri_subset.proto; committed, so only after edits.
+# The CRI client's stubs (meshnet/cri/*_pb2*.py, and the .pyi mypy reads) from meshnet/cri/cri_subset.proto; committed, so only after edits.
 cri-stubs: setup
-	@.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. meshnet/cri/cri_subset.proto
+	@.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. meshnet/cri/cri_subset.proto

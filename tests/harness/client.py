@@ -16,6 +16,7 @@ import argparse
 import errno
 import json
 import socket
+from typing import Any
 
 
 def classify(e: BaseException) -> str:
@@ -30,7 +31,7 @@ def classify(e: BaseException) -> str:
     return "oserror"
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
     typ = socket.SOCK_DGRAM if args.proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, typ) as s:

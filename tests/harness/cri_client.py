@@ -10,16 +10,17 @@ Everything else is cri.py unchanged: `python cri_client.py run|stop|rm|container
 import importlib.util
 import os
 import sys
+from typing import Any
 
 spec = importlib.util.spec_from_file_location("crinode_cri", os.environ["MESHNET_CRI_PY"])
 assert spec is not None and spec.loader is not None
-cri = importlib.util.module_from_spec(spec)
+cri: Any = importlib.util.module_from_spec(spec)  # crinode's cri.py, known only at run time
 spec.loader.exec_module(cri)
 _pod_config = cri.pod_config
 PARENT = os.environ["MESHNET_CRI_CGROUP_PARENT"]
 
 
-def pod_config(name, namespace, uid, annotations, labels):  # type: ignore[no-untyped-def]
+def pod_config(name: str, namespace: str, uid: str, annotations: dict[str, str], labels: dict[str, str]) -> Any:
     cfg = _pod_config(name, namespace, uid, annotations, labels)
     cfg.linux.cgroup_parent = f"{PARENT}/pod{uid}"
     return cfg

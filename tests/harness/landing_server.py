@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import threading
+from typing import Any
 
 SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST
 SO_MARK = 36
@@ -45,26 +46,29 @@ IPV6_PKTINFO = 50
 IPV6_RECVORIGDSTADDR = 74
 
 
+Addr = tuple[str, int]  # (ip, port): a JSON [ip, port] in the report
+
+
 def parse_ports(values: list[str]) -> list[int]:
     return [int(p) for v in values for p in v.split(",") if p.strip()]
 
 
-def addr(sa: tuple) -> list:
-    return [sa[0], sa[1]]
+def addr(sa: tuple[Any, ...]) -> Addr:
+    return (sa[0], sa[1])
 
 
-def sockaddr_in(raw: bytes) -> list | None:
+def sockaddr_in(raw: bytes) -> Addr | None:
     family = struct.unpack_from("=H", raw, 0)[0]
     if family == socket.AF_INET:
         port = struct.unpack_from("!H", raw, 2)[0]
-        return [socket.inet_ntop(socket.AF_INET, raw[4:8]), port]
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
     if family == socket.AF_INET6:
         port = struct.unpack_from("!H", raw, 2)[0]
-        return [socket.inet_ntop(socket.AF_INET6, raw[8:24]), port]
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)
     return None
 
 
-def orig_dst(conn: socket.socket) -> list | None:
+def orig_dst(conn: socket.socket) -> Addr | None:
     try:
         if conn.family == socket.AF_INET6:
             raw = conn.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
@@ -123,6 +127,7 @@ class Server:
         while True:
             for key, _ in self.sel.select():
                 s = key.fileobj
+                assert isinstance(s, socket.socket)  # listen() registers only sockets
                 typ, port = key.data
                 try:
                     if typ == socket.SOCK_STREAM:
@@ -135,7 +140,7 @@ class Server:
                 except OSError as e:
                     print(f"error on port {port}: {e!r}", file=sys.stderr, flush=True)
 
-    def tcp(self, conn: socket.socket, peer: tuple, port: int) -> None:
+    def tcp(self, conn: socket.socket, peer: tuple[Any, ...], port: int) -> None:
         with conn:
             try:
                 local = addr(conn.getsockname())
@@ -165,7 +170,7 @@ class Server:
 
     def udp(self, s: socket.socket, port: int) -> None:
         data, anc, _flags, peer = s.recvmsg(65535, 1024)
-        local: list | None = None
+        local: Addr | None = None
         pkt_ifindex = 0
         for level, typ, raw in anc:
             if (level, typ) in ((SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVORIGDSTADDR)):

@@ -57,9 +57,9 @@ def snapshot(ns: Netns) -> dict[str, str]:
             text = _clean(xt.save(ns, fam))
             out[xt.binary(fam, "save")] = _without_pristine_tables(text) if variant == "legacy" else text
     out["nft"] = re.sub(r"counter packets \d+ bytes \d+", "counter", ns.run(["nft", "list", "ruleset"]).stdout)
-    for fam in ("-4", "-6"):
-        out[f"ip {fam} rule"] = ns.run(["ip", fam, "rule"]).stdout
-        out[f"ip {fam} route"] = ns.run(["ip", fam, "route", "show", "table", "all"]).stdout
+    for ip_fam in ("-4", "-6"):
+        out[f"ip {ip_fam} rule"] = ns.run(["ip", ip_fam, "rule"]).stdout
+        out[f"ip {ip_fam} route"] = ns.run(["ip", ip_fam, "route", "show", "table", "all"]).stdout
     out["lo"] = ns.run(["ip", "addr", "show", "dev", "lo"]).stdout
     return out
 

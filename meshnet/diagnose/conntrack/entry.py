@@ -15,6 +15,8 @@ IPS_ASSURED = 1 << 2
 IPS_SRC_NAT = 1 << 4
 IPS_DST_NAT = 1 << 5
 
+GroupKey = tuple[int, str, int, str, str, int]  # CtEntry.group_key
+
 
 @dataclass(slots=True)
 class CtEntry:
@@ -40,6 +42,12 @@ class CtEntry:
     status: int | None = None  # raw status bits when known (netlink only)
     start_ns: int | None = None  # CTA_TIMESTAMP start, when nf_conntrack_timestamp is on
     extra: dict[str, str] | None = None  # unparsed key=value fields of offline formats
+
+    @property
+    def group_key(self) -> GroupKey:
+        """(proto, client ip, client port, original dst ip, capture ip, capture port): the entries
+        of one group differ only in the original destination port, and compete for one reply tuple."""
+        return (self.proto, self.src, self.sport, self.dst, self.rsrc, self.rsport)
 
     @property
     def proto_name(self) -> str:

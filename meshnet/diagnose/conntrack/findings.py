@@ -15,7 +15,7 @@ from typing import Any
 
 from meshnet.lite.records import dataclass, field
 
-from .entry import CtEntry
+from .entry import CtEntry, GroupKey
 from .kernel import HANG_COUNTERS, has_demux_fix
 from .snapshot import Snapshot
 
@@ -95,9 +95,9 @@ class _Group:
 
 
 def _groups(snap: Snapshot) -> list[_Group]:
-    by: dict[tuple, list[CtEntry]] = {}
+    by: dict[GroupKey, list[CtEntry]] = {}
     for e in snap.scan.nat:
-        by.setdefault((e.proto, e.src, e.sport, e.dst, e.rsrc, e.rsport), []).append(e)
+        by.setdefault(e.group_key, []).append(e)
     return [_Group(v) for v in by.values()]
 
 

@@ -23,10 +23,14 @@ from typing import TYPE_CHECKING
 
 from meshnet.lite.records import dataclass, field
 
-from .entry import PROTO_NAMES, TCP_STATES, CtEntry
+from .entry import PROTO_NAMES, TCP_STATES, CtEntry, GroupKey
 
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from meshnet.apply.netns import Netns
+
+    M = TypeVar("M")  # a group member: a CtEntry, or a raw (dport, src rewritten, message) row
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -109,7 +113,7 @@ class TableScan:
     def from_entries(cls, entries: Iterable[CtEntry]) -> TableScan:
         """Same selection as the netlink reader, for offline files and event streams."""
         scan = cls()
-        groups: dict[tuple, list[CtEntry]] = {}
+        groups: dict[GroupKey, list[CtEntry]] = {}
         for e in entries:
             scan.total += 1
             scan.by_proto[e.proto_name] = scan.by_proto.get(e.proto_name, 0) + 1
@@ -117,13 +121,13 @@ class TableScan:
                 scan.nat_total += 1
                 if e.dst_rewritten:
                     scan.capture_ports[e.rsport] = scan.capture_ports.get(e.rsport, 0) + 1
-                groups.setdefault((e.proto, e.src, e.sport, e.dst, e.rsrc, e.rsport), []).append(e)
+                groups.setdefault(e.group_key, []).append(e)
         for members in groups.values():
             scan.nat += _select(members, lambda e: e.dport, lambda e: e.src_rewritten)
         return scan
 
 
-def _select(members: list, dport: Callable, src_rw: Callable) -> list:
+def _select(members: list[M], dport: Callable[[M], object], src_rw: Callable[[M], bool]) -> list[M]:
     """Members of one (client, dst ip, capture port) group worth keeping (see TableScan)."""
     if len({dport(m) for m in members}) > 1:
         return members

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .entry import CtEntry
+from .entry import CtEntry, GroupKey
 from .netlink import NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, CtSocket
 
 if TYPE_CHECKING:
@@ -15,10 +15,6 @@ if TYPE_CHECKING:
 
 _GROUPS = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_UPDATE - 1)) | (
     1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
-
-
-def _key(e: CtEntry) -> tuple:
-    return (e.proto, e.src, e.sport, e.dst, e.rsrc, e.rsport)
 
 
 def _addr(ip: str, port: int) -> str:
@@ -30,13 +26,13 @@ def watch(ns: Netns, duration: float, emit: Callable[[dict[str, Any]], None], ha
     events = CtSocket(ns, groups=_GROUPS)  # subscribe first, then seed: no gap
     stats = CtSocket(ns)
     try:
-        groups: dict[tuple, dict[int, CtEntry]] = {}
+        groups: dict[GroupKey, dict[int, CtEntry]] = {}
         for e in stats.dump(keep_all_nat=True).nat:
             if e.dst_rewritten:
-                groups.setdefault(_key(e), {})[e.dport] = e
+                groups.setdefault(e.group_key, {})[e.dport] = e
         base = _drops(stats)
-        reported: set[tuple] = set()
-        pending: dict[tuple, tuple[float, CtEntry]] = {}
+        reported: set[tuple[GroupKey, int]] = set()  # (group, original dport): one connection
+        pending: dict[tuple[GroupKey, int], tuple[float, CtEntry]] = {}
         count = 0
         deadline = time.monotonic() + duration
         next_stat = time.monotonic() + 1.0
@@ -57,13 +53,13 @@ def watch(ns: Netns, duration: float, emit: Callable[[dict[str, Any]], None], ha
                     continue
                 if not e.dst_rewritten:
                     continue
-                g = groups.setdefault(_key(e), {})
+                g = groups.setdefault(e.group_key, {})
                 if kind == "destroy":
                     g.pop(e.dport, None)
-                    pending.pop(_key(e) + (e.dport,), None)
+                    pending.pop((e.group_key, e.dport), None)
                     continue
                 g[e.dport] = e
-                rid = _key(e) + (e.dport,)
+                rid = (e.group_key, e.dport)
                 if e.src_rewritten and len(g) > 1 and rid not in reported:
                     reported.add(rid)
                     others = [x for p, x in g.items() if p != e.dport]
@@ -80,7 +76,7 @@ def watch(ns: Netns, duration: float, emit: Callable[[dict[str, Any]], None], ha
             for rid, (due, e) in list(pending.items()):
                 if now >= due:
                     pending.pop(rid)
-                    sib = [x for p, x in groups.get(_key(e), {}).items() if p != e.dport]
+                    sib = [x for p, x in groups.get(e.group_key, {}).items() if p != e.dport]
                     report("collision-hang", "critical",
                            f"{_addr(e.src, e.sport)} -> {e.dst}:{e.dport} still SYN_SENT [UNREPLIED] after "
                            f"{hang_after:g}s next to an established sibling: the 503 UF hang", [*sib, e],

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 
-def hold(target: str, port: int, sport: int, timeout: float) -> tuple[socket.socket | None, dict]:
+def hold(target: str, port: int, sport: int, timeout: float) -> tuple[socket.socket | None, dict[str, Any]]:
     s = socket.socket(socket.AF_INET6 if ":" in target else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("", sport))
@@ -43,7 +43,7 @@ def _err(e: OSError) -> str:
     return f"error: {e}"
 
 
-def syn_probe(target: str, port: int, sport: int, timeout: float) -> dict:
+def syn_probe(target: str, port: int, sport: int, timeout: float) -> dict[str, Any]:
     from scapy.config import conf  # heavy import: only here, after entering the namespace
     from scapy.layers.inet import IP, TCP
     from scapy.layers.inet6 import IPv6
@@ -101,7 +101,7 @@ def main() -> int:
     ap.add_argument("--mode", choices=("both", "syn", "connect"), default="both")
     a = ap.parse_args()
     ports = [int(p) for p in a.ports.split(",")]
-    out: dict = {"target": a.target, "ports": ports, "sport": a.sport}
+    out: dict[str, Any] = {"target": a.target, "ports": ports, "sport": a.sport}
     keep = []
     if a.mode in ("both", "syn"):
         s, first = hold(a.target, ports[0], a.sport, a.timeout)
