@@ -7,8 +7,10 @@ setup:
 demo: setup
 	@.venv/bin/python -m meshnet.demo
 
+# mypy reads [tool.mypy] in pyproject.toml (meshnet/ and tests/harness/)
 test: setup
 	@.venv/bin/ruff check meshnet tests bench probes
+	@.venv/bin/mypy
 	@.venv/bin/python -m pytest -q tests
 
 # The old-kernel tier: Debian 12's 6.1 kernel in qemu (../shared/tools/oldkernel-vm), where the

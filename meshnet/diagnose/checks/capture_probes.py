@@ -158,7 +158,7 @@ def _explain(ctx: Context, backend: str, packet: Packet) -> Explanation:
         return explain_nft(ctx.live.nft, packet)
     from meshnet.diagnose.explain.iptables import explain_ruleset
 
-    return explain_ruleset(ctx.live.ruleset(backend, packet.family), packet, backend)  # type: ignore[arg-type]
+    return explain_ruleset(ctx.live.ruleset(backend, packet.family), packet, backend)
 
 
 # ----------------------------------------------------------------- where the path broke off
