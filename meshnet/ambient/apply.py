@@ -131,7 +131,8 @@ def _destroy_sets(netns: Netns, names: list[str]) -> None:
 def _apply_xt(netns: Netns, spec: AmbientSpec, name: str, reconcile: bool, host: bool) -> ApplyResult:
     xt = _xt(name)
     plan = xt_plan(spec, host)
-    before = {fam: xt.save(netns, fam) for fam in (4, 6)}  # both: a reconcile to IPv4 only removes IPv6's
+    # both families: a reconcile to IPv4 only removes IPv6's
+    before: dict[Family, str] = {fam: xt.save(netns, fam) for fam in (4, 6)}
     residue, drift = _drift(plan, before)
     if residue and not drift:
         return _already_applied(netns, spec, xt, name, host, before)
@@ -293,7 +294,7 @@ def ambient_drift(netns: Netns, spec: AmbientSpec, *, host: bool = False) -> lis
         if not xt.available():
             continue
         plan = xt_plan(spec, host)
-        texts = {fam: xt.save(netns, fam) for fam in (4, 6)}
+        texts: dict[Family, str] = {fam: xt.save(netns, fam) for fam in (4, 6)}
         residue, drift = _drift(plan, texts)
         if residue:
             holders.append(xt.backend)
