@@ -35,7 +35,8 @@ def render_ambient(argv: list[str]) -> str:
 
 
 def _apply_parser(prog: str) -> argparse.ArgumentParser:
-    from meshnet.cli.target import BACKEND_CHOICES, add_target_args
+    from meshnet.ambient.options import add_target_args
+    from meshnet.cli.target import BACKEND_CHOICES
 
     parser = make_parser(prog)
     add_target_args(parser)
@@ -86,8 +87,8 @@ def _spec_argv(argv: list[str]) -> list[str]:
 
 def cleanup_ambient_cli(argv: list[str]) -> str:
     from meshnet.ambient.apply import cleanup_ambient
-    from meshnet.ambient.options import _Parser
-    from meshnet.cli.target import add_target_args, refuse_own_namespace, resolve_target
+    from meshnet.ambient.options import _Parser, add_target_args
+    from meshnet.cli.target import refuse_own_namespace, resolve_target
 
     parser = _Parser(prog="meshnet cleanup --ambient")
     parser.add_argument("--ambient", action="store_true")
@@ -104,7 +105,8 @@ def cleanup_ambient_cli(argv: list[str]) -> str:
 
 def status_ambient_cli(argv: list[str]) -> tuple[str, int]:
     from meshnet.ambient.apply import ambient_drift
-    from meshnet.cli.target import add_target_args, resolve_target
+    from meshnet.ambient.options import add_target_args
+    from meshnet.cli.target import resolve_target
 
     parser = make_parser("meshnet diff --ambient")
     add_target_args(parser)

@@ -30,6 +30,12 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
                         help="a pod annotation (dns-capture, reroute-virtual-interfaces, bypass-inbound-capture)")
 
 
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    """--netns/--pid for the ambient commands (the sidecar ones: meshnet.cli.options.target_options)."""
+    parser.add_argument("--netns", default=None, metavar="NAME|PATH", help="network namespace name or nsfs path")
+    parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
+
+
 def make_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog)
     add_spec_options(parser)

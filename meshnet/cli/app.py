@@ -19,7 +19,7 @@ from meshnet.cli.status_cmd import status_cmd
 from meshnet.cli.validate_cmd import validate_cmd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="meshnet")
 def cli() -> None:
     """meshnet: Istio-compatible traffic interception for pods, and the tools to diagnose it."""
@@ -29,7 +29,7 @@ def cli() -> None:
                                                  "help_option_names": []}, add_help_option=False)
 @click.pass_context
 def istio_iptables_cmd(ctx: click.Context) -> None:
-    """Drop-in for Istio's istio-iptables (same flags and environment)."""
+    """Drop-in for Istio's istio-iptables in istio-init: same flags, environment and exit codes (see -h)."""
     from meshnet.cli.istio_iptables import run
 
     ctx.exit(run(list(ctx.args)))

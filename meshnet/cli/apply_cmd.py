@@ -5,15 +5,16 @@ Also home of the spec argument handling that `meshnet status` shares (the target
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import guarded
-from meshnet.cli.target import BACKEND_CHOICES, add_target_args, refuse_own_namespace, resolve_target
+from meshnet.cli.target import BACKEND_CHOICES, refuse_own_namespace, resolve_target
 from meshnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,36 +22,18 @@ if TYPE_CHECKING:
     from meshnet.spec.flags import RunOptions
     from meshnet.spec.spec import Spec
 
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+def istio_flags_given(ns: Any) -> bool:
+    """Any Istio flag that describes the spec (not how to run: --dry-run, --reconcile, ...)."""
+    return bool(o.istio_given(vars(ns), spec_only=True))
 
 
-
-def spec_parser(prog: str) -> argparse.ArgumentParser:
-    from meshnet.spec import flags as istio_flags
-
-    parser = istio_flags.make_parser(prog)
-    add_target_args(parser)
-    parser.add_argument("-f", "--spec-file", default=None, help="spec YAML instead of istio flags")
-    parser.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where DNS servers are read from")
-    return parser
-
-
-def istio_flags_given(ns: argparse.Namespace) -> bool:
-    from meshnet.spec import flags as istio_flags
-
-    run_flags = {"dry-run", "reconcile", "force-apply", "network-namespace", "native-nftables",
-                 "force-iptables-binary", "cleanup-only", "skip-rule-apply", "run-validation", "probe-timeout",
-                 "iptables-probe-port", "cni-mode"}
-    return any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS
-               if f.long not in run_flags)
-
-
-def spec_and_options(ns: argparse.Namespace, netns: Netns) -> tuple[Spec, RunOptions]:
+def spec_and_options(ns: Any, netns: Netns) -> tuple[Spec, RunOptions]:
     """Spec from -f YAML or istio flags (+ env, as istio-iptables), IPv6 detected in the target."""
     from meshnet.apply.applier import spec_for_netns
     from meshnet.spec import flags as istio_flags
 
-    values = istio_flags.values_from(ns, os.environ)
+    values = istio_flags.values_from(o.parsed_flags(vars(ns)), os.environ)
     opts = istio_flags.run_options_from_values(values)
     if ns.spec_file:
         from meshnet.spec.yaml_file import load_spec_file
@@ -68,12 +51,6 @@ def spec_and_options(ns: argparse.Namespace, netns: Netns) -> tuple[Spec, RunOpt
     return spec_for_netns(spec, netns), opts
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = spec_parser("meshnet apply")
-    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
-    return parser
-
-
 def _backend(requested: str, opts: RunOptions, netns: Netns) -> str:
     if opts.native_nftables:
         if requested not in ("auto", "nftables"):
@@ -88,13 +65,7 @@ def _backend(requested: str, opts: RunOptions, netns: Netns) -> str:
     return requested
 
 
-def run(argv: list[str]) -> int:
-    if "--ambient" in argv or "--ambient-host" in argv:
-        from meshnet.ambient.cli import apply_ambient_cli
-
-        sys.stdout.write(apply_ambient_cli(argv))
-        return 0
-    ns = _parser().parse_args(argv)
+def run(ns: Any) -> int:
     netns = resolve_target(ns)
     spec, opts = spec_and_options(ns, netns)
     if not opts.dry_run:
@@ -112,6 +83,13 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _apply_ambient(argv: list[str]) -> int:
+    from meshnet.ambient.cli import apply_ambient_cli
+
+    sys.stdout.write(apply_ambient_cli(argv))
+    return 0
+
+
 def _dry_run(spec: Spec, backend: str, netns: Netns) -> int:
     from meshnet.apply.applier import detect_backend
     from meshnet.cli.render_cmd import render_text
@@ -122,14 +100,18 @@ def _dry_run(spec: Spec, backend: str, netns: Netns) -> int:
     return 0
 
 
-@click.command("apply", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def apply_cmd(ctx: click.Context) -> None:
-    """Apply Istio interception rules to a namespace: --netns NAME|PATH or --pid PID, istio flags or -f SPEC.
+@o.command("apply", ambient=_apply_ambient)
+@o.target_options(o.WRITE_TARGET)
+@o.spec_file
+@o.resolv_conf
+@o.backend_option(BACKEND_CHOICES, "auto", "Where the rules go: auto detects the pod's iptables backend.")
+@o.ambient_switches
+@o.istio_flags
+def apply_cmd(**params: Any) -> None:
+    """Program a pod's network namespace with Istio's sidecar rules, atomically and idempotently.
 
-    Options: --backend auto|iptables-legacy|iptables-nft|nftables|iptc, --reconcile, --dry-run, --force-apply.
+    The spec comes from Istio's flags (and their environment variables, as istio-iptables) or from
+    -f SPEC.yaml; the target is --netns NAME|PATH or --pid PID, never the namespace meshnet runs in.
+    --dry-run prints what would be written. Exit 0 applied, 1 failed (nothing half-applied), 2 usage.
     """
-    if "--help" in ctx.args or "-h" in ctx.args:
-        _parser().print_help()
-        ctx.exit(0)
-    ctx.exit(guarded(lambda: run(list(ctx.args))))
+    click.get_current_context().exit(guarded(lambda: run(SimpleNamespace(**params))))

@@ -2,39 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import guarded
 
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 CHOICES = ("all", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from meshnet.cli.apply_cmd import add_target_args
-    from meshnet.spec.flags import new_parser
+def _cleanup_ambient(argv: list[str]) -> int:
+    from meshnet.ambient.cli import cleanup_ambient_cli
 
-    parser = new_parser("meshnet cleanup")
-    add_target_args(parser)
-    parser.add_argument("--backend", default="all", choices=CHOICES,
-                        help="only this backend's rules (default all, which also removes TPROXY routing and ::6)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
-    return parser
+    sys.stdout.write(cleanup_ambient_cli(argv))
+    return 0
 
 
-def run(argv: list[str]) -> int:
-    if "--ambient" in argv or "--ambient-host" in argv:
-        from meshnet.ambient.cli import cleanup_ambient_cli
-
-        sys.stdout.write(cleanup_ambient_cli(argv))
-        return 0
+def run(ns: Any) -> int:
     from meshnet.apply.applier import cleanup
-    from meshnet.cli.apply_cmd import refuse_own_namespace, resolve_target
+    from meshnet.cli.target import refuse_own_namespace, resolve_target
 
-    ns = _parser().parse_args(argv)
     netns = resolve_target(ns)
     refuse_own_namespace(netns)
     result = cleanup(netns, backend=ns.backend)
@@ -51,12 +41,12 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-@click.command("cleanup", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def cleanup_cmd(ctx: click.Context) -> None:
-    """Remove ISTIO_* chains and jumps (every table, both families, legacy and nft), Istio's nft tables,
-    TPROXY routing and ::6: --netns NAME|PATH or --pid PID [--backend ...]."""
-    if "--help" in ctx.args or "-h" in ctx.args:
-        _parser().print_help()
-        ctx.exit(0)
-    ctx.exit(guarded(lambda: run(list(ctx.args))))
+@o.command("cleanup", ambient=_cleanup_ambient)
+@o.target_options(o.WRITE_TARGET)
+@o.backend_option(CHOICES, "all", "Only this backend's rules (all also removes TPROXY routing and ::6 on lo).")
+@o.flag("-q", "--quiet", help="Print only the summary line.")
+@o.ambient_switches
+def cleanup_cmd(**params: Any) -> None:
+    """Remove every trace of Istio's interception from a pod's namespace: ISTIO_* chains and jumps
+    (every table, both families, legacy and nft), Istio's nft tables, TPROXY routing and ::6."""
+    click.get_current_context().exit(guarded(lambda: run(SimpleNamespace(**params))))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import click
 
-from meshnet.cli.diff_cmd import PASS_THROUGH
+from meshnet.cli import options as o
 from meshnet.cli.errors import guarded
 from meshnet.errors import MeshnetError, UsageError
 
@@ -15,23 +17,12 @@ class CollectError(MeshnetError):
     exit_code = 2  # like the diagnostic commands: the bundle could not be written
 
 
-def run_collect(argv: list[str]) -> int:
-    import argparse
-
+def run_collect(ns: Any) -> int:
     from meshnet.apply.netns import Netns
-    from meshnet.cli.diff_cmd import parse
-    from meshnet.cli.node_args import add_node_args, node_targets
+    from meshnet.cli.node_args import node_targets
     from meshnet.diagnose.bundle.collect import collect_pod, node_info, write_bundle
     from meshnet.diagnose.node import Target, bounded
 
-    parser = argparse.ArgumentParser(prog="meshnet collect", description="write a support bundle")
-    parser.add_argument("--netns", default=None, metavar="NAME|PATH")
-    parser.add_argument("--pid", default=None, type=int)
-    parser.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
-    parser.add_argument("--host-netns", default=None, metavar="NAME|PATH",
-                        help="namespace whose iptables backend counts as the host's (default: the current one)")
-    add_node_args(parser)
-    ns = parse(parser, argv)
     if ns.all == (ns.netns is not None or ns.pid is not None):
         raise UsageError("give the pod's namespace (--netns NAME|PATH or --pid PID) or --all")
     host = Netns.resolve(netns=ns.host_netns)
@@ -57,10 +48,15 @@ def run_collect(argv: list[str]) -> int:
     return 2 if missed and not good else 0
 
 
-@click.command("collect", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def collect_cmd(ctx: click.Context) -> None:
+@o.command("collect")
+@o.target_options("or --all")
+@click.option("-o", "--output", required=True, metavar="FILE.tar.gz", help="Where to write the bundle.")
+@o.host_netns
+@o.node_options
+def collect_cmd(**params: Any) -> None:
     """Write a support bundle: rules of every backend with counters, nft, routing, addresses, sockets,
-    conntrack, TCP counters, sysctls, versions. meshnet collect --netns NS|--pid PID|--all -o FILE.tar.gz
+    conntrack, TCP counters, sysctls, versions; of one pod (--netns/--pid) or of every pod (--all).
+    Read it offline with `meshnet doctor --bundle` or `meshnet conntrack analyze --bundle`.
     """
-    ctx.exit(guarded(lambda: run_collect(list(ctx.args)), prog="meshnet collect"))
+    click.get_current_context().exit(guarded(lambda: run_collect(SimpleNamespace(**params)),
+                                             prog="meshnet collect"))

@@ -7,14 +7,15 @@ here are shared with `meshnet doctor`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
@@ -22,34 +23,12 @@ if TYPE_CHECKING:
     from meshnet.apply.netns import Netns
     from meshnet.spec.spec import Spec
 
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+# The expected-spec options diff and doctor share.
+expected_spec_options = o.stack(o.target_options(o.READ_TARGET), o.json_output, o.spec_file, o.cni_spec,
+                                o.resolv_conf)
 
 
-def make_parser(prog: str) -> argparse.ArgumentParser:
-    from meshnet.spec import flags as istio_flags
-
-    parser = istio_flags.make_parser(prog)
-    target = parser.add_argument_group("target namespace")
-    target.add_argument("--netns", default=None, metavar="NAME|PATH",
-                        help="pod network namespace (default: the one meshnet runs in, e.g. kubectl debug)")
-    target.add_argument("--pid", default=None, type=int, help="a process in the pod")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    spec = parser.add_argument_group("expected spec (besides the istio-iptables flags)")
-    spec.add_argument("-f", "--spec-file", default=None)
-    spec.add_argument("--cni", action="store_true", help="expect what the CNI plugin applies (with --annotation)")
-    spec.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE")
-    spec.add_argument("--resolv-conf", default="/etc/resolv.conf", help="DNS servers for --redirect-dns")
-    return parser
-
-
-def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    if "--help" in argv or "-h" in argv:
-        parser.print_help()
-        raise SystemExit(0)
-    return parser.parse_args(argv)
-
-
-def resolve_netns(ns: argparse.Namespace) -> Netns:
+def resolve_netns(ns: Any) -> Netns:
     """--netns/--pid, or the namespace meshnet runs in (a debug container in the pod)."""
     from meshnet.cli.inspect_target import inspect_target
 
@@ -58,14 +37,11 @@ def resolve_netns(ns: argparse.Namespace) -> Netns:
     return inspect_target(ns.netns, ns.pid)
 
 
-def spec_given(ns: argparse.Namespace) -> bool:
-    from meshnet.spec import flags as istio_flags
-
-    flags = any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS)
-    return flags or bool(ns.spec_file) or ns.cni
+def spec_given(ns: Any) -> bool:
+    return bool(o.istio_given(vars(ns))) or bool(ns.spec_file) or ns.cni
 
 
-def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
+def expected_spec(ns: Any, netns: Netns) -> Spec:
     """The spec the user expects, with IPv6 decided from the pod's addresses like Istio."""
     from meshnet.apply.applier import spec_for_netns
     from meshnet.spec import flags as istio_flags
@@ -76,11 +52,11 @@ def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
 
         uid = parse_int("--proxy-uid", ns.proxy_uid, 0, 0xFFFFFFFE) if ns.proxy_uid else None
         gid = parse_int("--proxy-gid", ns.proxy_gid, 0, 0xFFFFFFFE) if ns.proxy_gid else None
-        spec = spec_from_annotations(parse_annotation_args(ns.annotation), proxy_uid=uid, proxy_gid=gid)
+        spec = spec_from_annotations(parse_annotation_args(list(ns.annotation)), proxy_uid=uid, proxy_gid=gid)
     elif ns.spec_file:
         from meshnet.spec.yaml_file import load_spec_file
 
-        if any(getattr(ns, f.long.replace("-", "_")) is not None for f in istio_flags.FLAGS):
+        if o.istio_given(vars(ns)):
             raise UsageError("-f/--spec-file cannot be combined with istio flags")
         spec = load_spec_file(ns.spec_file)
     else:
@@ -88,7 +64,7 @@ def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
 
         if ns.annotation:
             raise UsageError("--annotation needs --cni")
-        values = istio_flags.values_from(ns, os.environ)
+        values = istio_flags.values_from(o.parsed_flags(vars(ns)), os.environ)
         servers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         if istio_flags.needs_resolv_conf(values):
             servers = read_nameservers(ns.resolv_conf)
@@ -96,18 +72,19 @@ def expected_spec(ns: argparse.Namespace, netns: Netns) -> Spec:
     return spec_for_netns(spec, netns)
 
 
-def run_diff(argv: list[str]) -> int:
-    if "--ambient" in argv or "--ambient-host" in argv:
-        from meshnet.ambient.cli import status_ambient_cli
+def _diff_ambient(argv: list[str]) -> int:
+    from meshnet.ambient.cli import status_ambient_cli
 
-        text, code = status_ambient_cli(argv)
-        sys.stdout.write(text)
-        return code
+    text, code = status_ambient_cli(argv)
+    sys.stdout.write(text)
+    return code
+
+
+def run_diff(ns: Any) -> int:
     from meshnet.apply.applier import detect_backend
     from meshnet.diagnose.checks.drift import diff_live
     from meshnet.state.live import read_live
 
-    ns = parse(make_parser("meshnet diff"), argv)
     if not spec_given(ns):
         raise UsageError("give the expected spec: istio-iptables flags, -f SPEC.yaml, or --cni --annotation K=V")
     netns = resolve_netns(ns)
@@ -129,11 +106,15 @@ def run_diff(argv: list[str]) -> int:
     return 0 if diff.empty else 1
 
 
-@click.command("diff", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def diff_cmd(ctx: click.Context) -> None:
-    """Compare a pod's live rules with the expected spec: missing / extra / reordered rules per chain.
+@o.command("diff", ambient=_diff_ambient)
+@expected_spec_options
+@o.ambient_switches
+@o.istio_flags
+def diff_cmd(**params: Any) -> None:
+    """Compare a pod's live rules with the expected spec: missing, extra and reordered rules per chain.
 
-    meshnet diff [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml | --cni --annotation K=V] [--json]
+    The spec: Istio's flags, -f SPEC.yaml or --cni --annotation K=V; IPv6 is expected the way Istio
+    decides it, from the pod's addresses. Exit 0 in sync, 1 different, 2 could not inspect.
     """
-    ctx.exit(diagnostic(lambda: run_diff(list(ctx.args)), prog="meshnet diff"))
+
+    click.get_current_context().exit(diagnostic(lambda: run_diff(SimpleNamespace(**params)), prog="meshnet diff"))

@@ -6,14 +6,15 @@ support bundle offline (--bundle FILE: the same checks on what `meshnet collect`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from meshnet.cli.diff_cmd import PASS_THROUGH
+from meshnet.cli import options as o
+from meshnet.cli.diff_cmd import expected_spec_options
 from meshnet.cli.errors import diagnostic
 from meshnet.errors import UsageError
 
@@ -21,19 +22,11 @@ if TYPE_CHECKING:
     from meshnet.diagnose.node import Row
 
 
-def run_doctor(argv: list[str]) -> int:
+def run_doctor(ns: Any) -> int:
     from meshnet.apply.netns import Netns, NetnsError
-    from meshnet.cli.diff_cmd import expected_spec, make_parser, parse, resolve_netns, spec_given
-    from meshnet.cli.node_args import add_node_args
+    from meshnet.cli.diff_cmd import expected_spec, resolve_netns, spec_given
     from meshnet.diagnose.doctor import CannotInspect, diagnose
 
-    parser = make_parser("meshnet doctor")
-    parser.add_argument("--host-netns", default=None, metavar="NAME|PATH",
-                        help="namespace whose iptables backend counts as the host's (default: the current one)")
-    parser.add_argument("--bundle", default=None, metavar="FILE", help="diagnose a `meshnet collect` bundle offline")
-    parser.add_argument("--pod", default=None, metavar="LABEL", help="with --bundle: only this pod of the bundle")
-    add_node_args(parser)
-    ns = parse(parser, argv)
     if ns.bundle is not None or ns.all:
         if ns.netns is not None or ns.pid is not None or spec_given(ns):
             raise UsageError("--all and --bundle take no --netns/--pid and no expected spec (the checks need none)")
@@ -55,7 +48,7 @@ def _print_report(out: Any, as_json: bool) -> None:
     sys.stdout.write(json.dumps(out, indent=2) + "\n" if as_json else "\n".join(out) + "\n")
 
 
-def _all(ns: argparse.Namespace) -> int:
+def _all(ns: Any) -> int:
     from meshnet.apply.netns import Netns
     from meshnet.cli.node_args import node_targets
     from meshnet.diagnose.node import doctor_all
@@ -82,7 +75,7 @@ def _print_rows(rows: list[Row], as_json: bool, source: str) -> int:
     return code
 
 
-def _bundle(ns: argparse.Namespace) -> int:
+def _bundle(ns: Any) -> int:
     from meshnet.diagnose.bundle.archive import read_bundle
     from meshnet.diagnose.doctor import CannotInspect, diagnose
     from meshnet.diagnose.node import Row, Target, judge
@@ -106,11 +99,18 @@ def _bundle(ns: argparse.Namespace) -> int:
     return _print_rows(rows, ns.json, source=f"bundle {ns.bundle}")
 
 
-@click.command("doctor", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def doctor_cmd(ctx: click.Context) -> None:
+@o.command("doctor")
+@expected_spec_options
+@o.host_netns
+@click.option("--bundle", default=None, metavar="FILE", help="Diagnose a `meshnet collect` bundle offline.")
+@click.option("--pod", default=None, metavar="LABEL", help="With --bundle: only this pod of the bundle.")
+@o.node_options
+@o.istio_flags
+def doctor_cmd(**params: Any) -> None:
     """Diagnose a pod's interception: missing rules, wrong backend, drift, TPROXY routing, DNS zones,
-    proxy listeners, conntrack. meshnet doctor [--netns NAME|--pid PID] [ISTIO FLAGS | -f SPEC.yaml] [--json];
-    every pod of the node: --all [--cri unix:///run/containerd/containerd.sock]; offline: --bundle FILE
+    proxy listeners, conntrack. One pod (--netns/--pid, or the namespace meshnet runs in), every pod
+    of the node (--all, the exit code is the worst) or a support bundle offline (--bundle FILE).
+    Exit 0 healthy, 1 findings, 2 could not inspect.
     """
-    ctx.exit(diagnostic(lambda: run_doctor(list(ctx.args)), prog="meshnet doctor"))
+    click.get_current_context().exit(diagnostic(lambda: run_doctor(SimpleNamespace(**params)),
+                                                prog="meshnet doctor"))

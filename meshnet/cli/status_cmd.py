@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import diagnostic
 
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
-
-def _parser() -> argparse.ArgumentParser:
-    from meshnet.cli.apply_cmd import spec_parser
-
-    parser = spec_parser("meshnet status")
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    return parser
-
-
-def run(argv: list[str]) -> int:
+def run(ns: Any) -> int:
     from meshnet.apply.applier import status
-    from meshnet.cli.apply_cmd import istio_flags_given, resolve_target, spec_and_options
+    from meshnet.cli.apply_cmd import istio_flags_given, spec_and_options
+    from meshnet.cli.target import resolve_target
 
-    ns = _parser().parse_args(argv)
     netns = resolve_target(ns, inspect=True)
     spec = spec_and_options(ns, netns)[0] if (ns.spec_file or istio_flags_given(ns)) else None
     from meshnet.diagnose.checks.half_states import half_state_findings
@@ -60,12 +52,14 @@ def run(argv: list[str]) -> int:
     return 1 if st.drift or broken else 0
 
 
-@click.command("status", context_settings=PASS_THROUGH, add_help_option=False)
-@click.pass_context
-def status_cmd(ctx: click.Context) -> None:
-    """Show the interception state of --netns NAME|PATH, --pid PID or (neither) the namespace meshnet
-    runs in; with istio flags or -f SPEC, compare it to that spec (exit 1 on drift). --json for machines."""
-    if "--help" in ctx.args or "-h" in ctx.args:
-        _parser().print_help()
-        ctx.exit(0)
-    ctx.exit(diagnostic(lambda: run(list(ctx.args)), prog="meshnet"))
+@o.command("status")
+@o.target_options(o.READ_TARGET)
+@o.json_output
+@o.spec_file
+@o.resolv_conf
+@o.istio_flags
+def status_cmd(**params: Any) -> None:
+    """Show the interception state of a pod's namespace: which backend holds Istio's rules, TPROXY
+    routing, ::6, half states. With Istio flags or -f SPEC, compare it with that spec: exit 1 on drift
+    or a critical half state, 2 when it could not be inspected."""
+    click.get_current_context().exit(diagnostic(lambda: run(SimpleNamespace(**params)), prog="meshnet"))

@@ -1,4 +1,5 @@
-"""The target of a command: the pod namespace (`--netns NAME|PATH` or `--pid PID`) and the backend choices.
+"""The target of a command: the pod namespace (`--netns NAME|PATH` or `--pid PID`, declared in
+cli/options.py; the ambient CLI's in ambient/options.py) resolved, and the backend choices.
 
 Shared by `meshnet apply`, `status`, `cleanup`, `validate` and the ambient commands; a module of its
 own so that those commands import it without importing each other (no import cycles).
@@ -6,8 +7,7 @@ own so that those commands import it without importing each other (no import cyc
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshnet.errors import UsageError
 
@@ -17,12 +17,7 @@ if TYPE_CHECKING:
 BACKEND_CHOICES = ("auto", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 
 
-def add_target_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--netns", default=None, metavar="NAME|PATH", help="network namespace name or nsfs path")
-    parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
-
-
-def resolve_target(ns: argparse.Namespace, network_namespace: str = "", inspect: bool = False) -> Netns:
+def resolve_target(ns: Any, network_namespace: str = "", inspect: bool = False) -> Netns:
     """Exactly one explicit target: writing commands never default to the caller's own namespace.
 
     inspect=True (status): neither given means the current namespace, capabilities checked up front.

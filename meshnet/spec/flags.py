@@ -1,7 +1,8 @@
 """istio-iptables flags and environment -> Spec + run options, with Istio's names and precedence.
 
-Precedence is default < env < alias env < flag, as in Istio's `bindCmdlineFlags`. argparse (not
-click) keeps the istio-init start-up path lean.
+Precedence is default < env < alias env < flag, as in Istio's `bindCmdlineFlags`. The flags are
+declared once (FLAGS); `parse_flags` reads them pflag-style for istio-init without argparse or
+click (the start-up path), meshnet/cli/istio_options.py turns them into click options.
 """
 
 from __future__ import annotations
@@ -17,55 +18,99 @@ from meshnet.spec.spec import Spec, mode_for
 
 TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Mapping, Sequence
-    from typing import NoReturn
 
 
 @dataclass(frozen=True)
 class FlagDef:
+    """One istio-iptables flag, declared once: the pflag parser below and the click options of
+    `meshnet apply/render/status/diff/doctor` (meshnet/cli/istio_options.py) are both made from it."""
+
     long: str
     short: str | None
-    envs: tuple[str, ...]
+    envs: tuple[str, ...]  # later names win (Istio's AdditionalEnv)
     default: str
-    is_bool: bool = False
+    help: str  # one sentence, after Istio's flag usage text (tools/istio-iptables/pkg/cmd/root.go)
+    is_bool: bool = False  # pflag bool: `--x` or `--x=true|false`, never `--x false`
+    spec: bool = True  # False: how to run (RunOptions), not what to intercept (Spec)
 
 
 FLAGS: tuple[FlagDef, ...] = (
-    FlagDef("envoy-port", "p", (), "15001"),  # bound without env in Istio
-    FlagDef("inbound-capture-port", "z", ("INBOUND_CAPTURE_PORT",), "15006"),
-    FlagDef("inbound-tunnel-port", "e", ("INBOUND_TUNNEL_PORT",), "15008"),
-    FlagDef("proxy-uid", "u", ("PROXY_UID",), ""),
-    FlagDef("proxy-gid", "g", ("PROXY_GID",), ""),
-    FlagDef("istio-inbound-interception-mode", "m", ("ISTIO_INBOUND_INTERCEPTION_MODE",), ""),
-    FlagDef("istio-inbound-tproxy-mark", "t", ("ISTIO_INBOUND_TPROXY_MARK",), "1337"),
-    FlagDef("istio-inbound-tproxy-route-table", "r", ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",), "133"),
-    FlagDef("istio-inbound-ports", "b", ("ISTIO_INBOUND_PORTS",), ""),
-    FlagDef("istio-local-exclude-ports", "d", ("ISTIO_LOCAL_EXCLUDE_PORTS",), ""),
-    FlagDef("istio-exclude-interfaces", "c", ("ISTIO_EXCLUDE_INTERFACES",), ""),
-    FlagDef("istio-service-cidr", "i", ("ISTIO_SERVICE_CIDR",), ""),
-    FlagDef("istio-service-exclude-cidr", "x", ("ISTIO_SERVICE_EXCLUDE_CIDR",), ""),
-    FlagDef("istio-outbound-ports", "q", ("ISTIO_OUTBOUND_PORTS",), ""),
-    FlagDef("istio-local-outbound-ports-exclude", "o", ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",), ""),
-    FlagDef("kube-virt-interfaces", "k", ("KUBE_VIRT_INTERFACES",), ""),
-    FlagDef("dry-run", "n", ("DRY_RUN",), "false", True),
-    FlagDef("iptables-probe-port", None, ("IPTABLES_PROBE_PORT",), "15002"),
-    FlagDef("probe-timeout", None, ("PROBE_TIMEOUT",), "5s"),
-    FlagDef("skip-rule-apply", None, ("SKIP_RULE_APPLY",), "false", True),
-    FlagDef("run-validation", None, ("RUN_VALIDATION",), "false", True),
-    FlagDef("redirect-dns", None, ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"), "false", True),
-    FlagDef("capture-all-dns", None, ("CAPTURE_ALL_DNS",), "false", True),
-    FlagDef("drop-invalid", None, ("DROP_INVALID", "INVALID_DROP"), "false", True),
-    FlagDef("dual-stack", None, ("DUAL_STACK", "ISTIO_DUAL_STACK"), "false", True),
-    FlagDef("network-namespace", None, ("NETWORK_NAMESPACE",), ""),
-    FlagDef("cni-mode", None, ("CNI_MODE",), "false", True),
-    FlagDef("reconcile", None, ("RECONCILE",), "false", True),
-    FlagDef("cleanup-only", None, ("CLEANUP_ONLY",), "false", True),
-    FlagDef("force-apply", None, ("FORCE_APPLY",), "false", True),
-    FlagDef("native-nftables", None, ("NATIVE_NFTABLES",), "false", True),
-    FlagDef("force-iptables-binary", None, ("FORCE_IPTABLES_BINARY",), ""),
+    FlagDef("envoy-port", "p", (), "15001",  # bound without env in Istio
+            "Envoy's outbound port: captured outbound TCP is redirected to it."),
+    FlagDef("inbound-capture-port", "z", ("INBOUND_CAPTURE_PORT",), "15006",
+            "Envoy's inbound port: captured inbound TCP to the pod is redirected to it."),
+    FlagDef("inbound-tunnel-port", "e", ("INBOUND_TUNNEL_PORT",), "15008",
+            "Istio's inbound tunnel (HBONE) port, which inbound capture leaves alone."),
+    FlagDef("proxy-uid", "u", ("PROXY_UID",), "",
+            "Comma-separated uids whose outbound traffic is not redirected, normally the proxy's "
+            "(default: the uid of $ENVOY_USER, else 1337)."),
+    FlagDef("proxy-gid", "g", ("PROXY_GID",), "",
+            "Comma-separated gids whose outbound traffic is not redirected (default: the -u value)."),
+    FlagDef("istio-inbound-interception-mode", "m", ("ISTIO_INBOUND_INTERCEPTION_MODE",), "",
+            "How inbound connections reach Envoy: REDIRECT (NAT, the default) or TPROXY (original addresses kept)."),
+    FlagDef("istio-inbound-tproxy-mark", "t", ("ISTIO_INBOUND_TPROXY_MARK",), "1337",
+            "Packet mark TPROXY mode puts on inbound traffic to route it to Envoy."),
+    FlagDef("istio-inbound-tproxy-route-table", "r", ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",), "133",
+            "Routing table TPROXY mode uses for the marked packets (1-252)."),
+    FlagDef("istio-inbound-ports", "b", ("ISTIO_INBOUND_PORTS",), "",
+            "Comma-separated inbound ports redirected to Envoy: '*' for all, empty for none."),
+    FlagDef("istio-local-exclude-ports", "d", ("ISTIO_LOCAL_EXCLUDE_PORTS",), "",
+            "Comma-separated inbound ports never redirected, when -b is '*'."),
+    FlagDef("istio-exclude-interfaces", "c", ("ISTIO_EXCLUDE_INTERFACES",), "",
+            "Comma-separated interfaces whose traffic is captured in neither direction."),
+    FlagDef("istio-service-cidr", "i", ("ISTIO_SERVICE_CIDR",), "",
+            "Comma-separated CIDRs whose outbound traffic is redirected to Envoy: '*' for all, empty for none."),
+    FlagDef("istio-service-exclude-cidr", "x", ("ISTIO_SERVICE_EXCLUDE_CIDR",), "",
+            "Comma-separated CIDRs left out of outbound redirection, when -i is '*'."),
+    FlagDef("istio-outbound-ports", "q", ("ISTIO_OUTBOUND_PORTS",), "",
+            "Comma-separated outbound ports always redirected to Envoy, whatever their destination."),
+    FlagDef("istio-local-outbound-ports-exclude", "o", ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",), "",
+            "Comma-separated outbound ports never redirected to Envoy."),
+    FlagDef("kube-virt-interfaces", "k", ("KUBE_VIRT_INTERFACES",), "",
+            "Comma-separated virtual interfaces (VMs) whose inbound traffic is treated as outbound."),
+    FlagDef("dry-run", "n", ("DRY_RUN",), "false",
+            "Print the rules instead of writing them; nothing is changed.", True, False),
+    FlagDef("iptables-probe-port", None, ("IPTABLES_PROBE_PORT",), "15002",
+            "Port the --run-validation probe listens on and dials.", spec=False),
+    FlagDef("probe-timeout", None, ("PROBE_TIMEOUT",), "5s",
+            "How long --run-validation waits for its probe, e.g. 5s or 500ms.", spec=False),
+    FlagDef("skip-rule-apply", None, ("SKIP_RULE_APPLY",), "false",
+            "Write no rules (with --run-validation: only check them).", True, False),
+    FlagDef("run-validation", None, ("RUN_VALIDATION",), "false",
+            "Check that redirection works: a proxy-uid client must reach Envoy's port (exit 126 if not).",
+            True, False),
+    FlagDef("redirect-dns", None, ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"), "false",
+            "Capture DNS traffic to the resolv.conf servers for the istio-agent's DNS proxy.", True),
+    FlagDef("capture-all-dns", None, ("CAPTURE_ALL_DNS",), "false",
+            "With --redirect-dns: capture all DNS to port 53, not only to the resolv.conf servers.", True),
+    FlagDef("drop-invalid", None, ("DROP_INVALID", "INVALID_DROP"), "false",
+            "Drop inbound packets conntrack classifies as INVALID.", True),
+    FlagDef("dual-stack", None, ("DUAL_STACK", "ISTIO_DUAL_STACK"), "false",
+            "Redirect IPv6 as well as IPv4 (dual-stack pods).", True),
+    FlagDef("network-namespace", None, ("NETWORK_NAMESPACE",), "",
+            "Network namespace to program, a name or nsfs path (default: the one the command runs in).", spec=False),
+    FlagDef("cni-mode", None, ("CNI_MODE",), "false",
+            "Istio's CNI-plugin mode: accepted for compatibility, meshnet behaves the same.", True, False),
+    FlagDef("reconcile", None, ("RECONCILE",), "false",
+            "Replace pre-existing, different Istio rules instead of failing on the drift.", True, False),
+    FlagDef("cleanup-only", None, ("CLEANUP_ONLY",), "false",
+            "Remove every Istio rule and write none.", True, False),
+    FlagDef("force-apply", None, ("FORCE_APPLY",), "false",
+            "Write the rules even when they appear to be in place already.", True, False),
+    FlagDef("native-nftables", None, ("NATIVE_NFTABLES",), "false",
+            "Write native nftables rules instead of iptables ones.", True, False),
+    FlagDef("force-iptables-binary", None, ("FORCE_IPTABLES_BINARY",), "",
+            "Break-glass choice of the iptables binary, legacy or nft (default: detected).", spec=False),
     # meshnet's own (not Istio's): see meshnet/apply/collision_prevention.py
-    FlagDef("prevent-tuple-collision", None, ("PREVENT_TUPLE_COLLISION",), "auto"),
+    FlagDef("prevent-tuple-collision", None, ("PREVENT_TUPLE_COLLISION",), "auto",
+            "meshnet's five-tuple collision prevention: auto, off, early-demux or tproxy."),
+)
+# Istio's log options: accepted for drop-in compatibility, not used.
+LOG_FLAGS: tuple[FlagDef, ...] = (
+    FlagDef("log_output_level", None, (), "", "Istio's log level option: accepted and ignored."),
+    FlagDef("log_as_json", None, (), "false", "Istio's JSON log option: accepted and ignored.", True),
+    FlagDef("log_target", None, (), "", "Istio's log target option: accepted and ignored."),
 )
 ENV_ONLY = {
     "ISTIO_OUTBOUND_OWNER_GROUPS": "*",
@@ -93,44 +138,50 @@ class RunOptions:
     force_iptables_binary: str = ""
 
 
-def add_istio_flags(parser: argparse.ArgumentParser) -> None:
-    for flag in FLAGS:
-        names = [f"--{flag.long}"] + ([f"-{flag.short}"] if flag.short else [])
-        dest = flag.long.replace("-", "_")
-        if flag.is_bool:
-            # pflag bools: `--x`, `--x=true`, `--x=false`.
-            parser.add_argument(*names, dest=dest, nargs="?", const="true", default=None, metavar="BOOL")
-        else:
-            parser.add_argument(*names, dest=dest, default=None)
-    # Istio's log options are accepted for drop-in compatibility.
-    parser.add_argument("--log_output_level", default=None)
-    parser.add_argument("--log_as_json", nargs="?", const="true", default=None)
-    parser.add_argument("--log_target", default=None)
-
-
 class ParsedFlags:
     """Parsed istio-iptables flags: one attribute per flag dest, None when not given."""
 
-    def __init__(self) -> None:
+    def __init__(self, given: Mapping[str, str | None] | None = None) -> None:
         for flag in FLAGS:
-            setattr(self, flag.long.replace("-", "_"), None)
+            dest = flag.long.replace("-", "_")
+            setattr(self, dest, None if given is None else given.get(dest))
 
 
-_LOG_FLAGS = {"log_output_level": False, "log_as_json": True, "log_target": False}
+def stray_argument(arg: str, bool_flag: str | None = None) -> str:
+    """The one line for a word no flag takes. After a bool flag (`--redirect-dns false`) it says
+    why: pflag reads that as `--redirect-dns` (true) plus a stray argument, which istio-iptables
+    ignores; meshnet refuses it, the same way in every command, rather than guess."""
+    if bool_flag is not None and arg.lower() in _BOOL_WORDS:
+        return f"unexpected argument {arg!r}: a bool flag takes its value after '=' ({bool_flag}={arg}), as in Istio"
+    return f"unexpected argument {arg!r}: these flags take no positional arguments"
+
+
+def _bool_flag_before(previous: str | None) -> str | None:
+    """`--x` / `-n` when the previous word was a bool flag given without a value, else None."""
+    if previous is None or "=" in previous:
+        return None
+    flag = _BY_NAME.get(previous[2:]) if previous.startswith("--") else _BY_SHORT.get(previous[1:])
+    return f"--{flag.long}" if flag is not None and flag.is_bool else None
+
+
+_BY_NAME = {f.long: f for f in (*FLAGS, *LOG_FLAGS)}
+_BY_SHORT = {f.short: f for f in FLAGS if f.short}
+_LOG_NAMES = frozenset(f.long for f in LOG_FLAGS)
+_BOOL_WORDS = frozenset(("1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"))
 
 
 def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlags:
-    """pflag-compatible parsing of istio-iptables flags, without argparse.
+    """pflag-compatible parsing of istio-iptables flags, without argparse or click.
 
     argparse (with the gettext, locale and shutil imports it triggers) costs ~9 ms, a fifth of
-    an istio-init run. Accepted forms, as pflag: `--flag value`, `--flag=value`, `-f value`,
-    `-fvalue`, `-f=value`; booleans `--flag`, `--flag=true|false`. `-h/--help` prints the flags.
+    an istio-init run, click more. Accepted forms, as pflag: `--flag value`, `--flag=value`,
+    `-f value`, `-fvalue`, `-f=value`; booleans `--flag`, `--flag=true|false`. `-h/--help`
+    prints the flags. The click commands read the same FLAGS (meshnet/cli/istio_options.py).
     """
-    by_long = {f.long: f for f in FLAGS}
-    by_short = {f.short: f for f in FLAGS if f.short}
     out = ParsedFlags()
     args = list(argv)
     i = 0
+    previous: str | None = None
     while i < len(args):
         arg = args[i]
         i += 1
@@ -141,19 +192,16 @@ def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlag
         if arg.startswith("--") and len(arg) > 2:
             name, eq, rest = arg[2:].partition("=")
             inline = rest if eq else None
-            if name in _LOG_FLAGS:  # Istio's log options: accepted, not used
-                if inline is None and not _LOG_FLAGS[name]:
-                    i += 1
-                continue
-            flag = by_long.get(name)
+            flag = _BY_NAME.get(name)
         elif arg.startswith("-") and len(arg) > 1 and arg != "-":
-            flag = by_short.get(arg[1])
+            flag = _BY_SHORT.get(arg[1])
             rest = arg[2:]
             inline = (rest[1:] if rest.startswith("=") else rest) if rest else None
         else:
-            raise UsageError(f"{prog}: unexpected argument {arg!r}")
+            raise UsageError(stray_argument(arg, _bool_flag_before(previous)))
         if flag is None:
-            raise UsageError(f"{prog}: unknown flag: {arg.split('=', 1)[0]}")
+            raise UsageError(f"unknown flag: {arg.split('=', 1)[0]}")
+        previous = arg
         if flag.is_bool:
             value = "true" if inline is None else inline
         elif inline is not None:
@@ -162,39 +210,32 @@ def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlag
             value = args[i]
             i += 1
         else:
-            raise UsageError(f"{prog}: flag needs an argument: {arg}")
+            raise UsageError(f"flag needs an argument: {arg}")
+        if flag.long in _LOG_NAMES:
+            continue  # accepted, not used
         setattr(out, flag.long.replace("-", "_"), value)
     return out
 
 
+def env_and_default(flag: FlagDef) -> str:
+    """`[env X, Y; default Z]`: the part of a flag's help that is the same in every command."""
+    parts = ([f"env {', '.join(flag.envs)}"] if flag.envs else []) + (
+        [f"default {flag.default}"] if flag.default else [])
+    return f"[{'; '.join(parts)}]" if parts else ""
+
+
 def flags_help(prog: str) -> str:
-    lines = [f"usage: {prog} [flags]", "", "flags (environment variable in brackets):"]
-    for f in FLAGS:
+    lines = [f"usage: {prog} [flags]", "",
+             "Set up Istio's sidecar interception (drop-in for istio-iptables). Bool flags take",
+             "--flag or --flag=true|false; precedence: default < environment < flag.", "", "flags:"]
+    for f in (*FLAGS, *LOG_FLAGS):
         short = f"-{f.short}, " if f.short else "    "
-        env = f" [{', '.join(f.envs)}]" if f.envs else ""
-        lines.append(f"  {short}--{f.long}{'' if f.is_bool else ' VALUE'}  (default {f.default!r}){env}")
+        lines.append(f"  {short}--{f.long}{'[=BOOL]' if f.is_bool else ' VALUE'}")
+        lines.append(f"        {f.help} {env_and_default(f)}".rstrip())
     return "\n".join(lines) + "\n"
 
 
-def new_parser(prog: str) -> argparse.ArgumentParser:
-    """An argparse parser whose errors are UsageError (one line, exit 2), not argparse's exit."""
-    import argparse  # only the interactive commands pay for argparse; istio-init uses parse_flags
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            raise UsageError(f"{self.prog}: {message}")
-
-    return _Parser(prog=prog, add_help=True, allow_abbrev=False)
-
-
-def make_parser(prog: str) -> argparse.ArgumentParser:
-    """An argparse parser with every istio flag, for commands that add options of their own."""
-    parser = new_parser(prog)
-    add_istio_flags(parser)
-    return parser
-
-
-def _value(flag: FlagDef, ns: argparse.Namespace | ParsedFlags, env: Mapping[str, str]) -> str:
+def _value(flag: FlagDef, ns: ParsedFlags, env: Mapping[str, str]) -> str:
     cli = getattr(ns, flag.long.replace("-", "_"), None)
     if cli is not None:
         return str(cli)
@@ -227,7 +268,7 @@ def parse_duration(field: str, value: str) -> float:
     raise SpecError(field, value, "expected a duration such as 5s or 500ms")
 
 
-def values_from(ns: argparse.Namespace | ParsedFlags, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def values_from(ns: ParsedFlags, env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     return {f.long: _value(f, ns, env) for f in FLAGS}
 
