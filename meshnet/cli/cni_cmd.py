@@ -45,16 +45,19 @@ def build_cmd(output: str, python: str | None) -> None:
 @click.option("--conflist", default=None, type=click.Path(dir_okay=False), help="The conflist to chain into.")
 @click.option("--conf-dir", default=None, type=click.Path(file_okay=False),
               help="Or: use the conflist a runtime would pick in this directory.")
-@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False))
+@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False),
+              help="Where the runtime finds CNI plugin executables.")
 @click.option("--plugin-file", default=None, type=click.Path(dir_okay=False, exists=True),
               help="A prebuilt plugin file (default: build one now).")
 @click.option("--python", default=None, help="Interpreter for a plugin built now (default /usr/bin/python3).")
 @click.option("--exclude-namespace", "exclude_namespaces", multiple=True,
               help="Pod namespace to leave alone (repeatable; default kube-system).")
-@click.option("--backend", type=click.Choice(_BACKENDS), default=None)
+@click.option("--backend", type=click.Choice(_BACKENDS), default=None,
+              help="The backend the plugin writes pods' rules with (default auto: detected per pod).")
 @click.option("--kubeconfig", default=None, help="Read pods from the Kubernetes API with this kubeconfig.")
-@click.option("--log-level", type=click.Choice(_LOG_LEVELS), default=None)
-@click.option("--log-file", default=None)
+@click.option("--log-level", type=click.Choice(_LOG_LEVELS), default=None,
+              help="How much the plugin logs (default info).")
+@click.option("--log-file", default=None, help="A file the plugin appends its log to (default: none).")
 def install_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str, plugin_file: str | None,
                 python: str | None, exclude_namespaces: tuple[str, ...], backend: str | None,
                 kubeconfig: str | None, log_level: str | None, log_file: str | None) -> None:
@@ -81,9 +84,11 @@ def install_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str, plugin
 
 
 @cni_cmd.command("uninstall")
-@click.option("--conflist", default=None, type=click.Path(dir_okay=False))
-@click.option("--conf-dir", default=None, type=click.Path(file_okay=False))
-@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False))
+@click.option("--conflist", default=None, type=click.Path(dir_okay=False), help="The conflist to unchain from.")
+@click.option("--conf-dir", default=None, type=click.Path(file_okay=False),
+              help="Or: use the conflist a runtime would pick in this directory.")
+@click.option("--bin-dir", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False),
+              help="Where the plugin executable was installed.")
 def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> None:
     """Remove the plugin from the conflist and the bin dir (idempotent)."""
 
@@ -100,7 +105,8 @@ def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> N
 
 @cni_cmd.command("agent")
 @click.option("--socket", "socket_path", default=None, help="Unix socket (default /run/meshnet-cni/agent.sock).")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Pre-forked worker processes serving ADD/DEL/CHECK.")
 @click.option("--metrics-port", "metrics_address", default=None, metavar="[HOST:]PORT",
               help="Serve Prometheus metrics on this address (e.g. 15099 or 127.0.0.1:15099).")
 @click.option("--doctor-interval", default=60.0, show_default=True, type=click.FloatRange(min=0),

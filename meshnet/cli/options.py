@@ -237,6 +237,9 @@ def pflag_args(command: click.Command, ctx: click.Context, args: Sequence[str]) 
             after_bool = None if rest else bools[arg[:2]]
             continue
         previous_bool, after_bool = after_bool, None
+        if arg.startswith("-") and not arg.startswith("--") and arg[2:3] == "=" and arg[:2] in takes_value:
+            out.extend((arg[:2], arg[3:]))  # pflag's `-p=15001` is -p 15001 (click would keep the '=')
+            continue
         if arg.startswith("-") and arg != "-":
             out.append(arg)
             if arg in takes_value and i < len(args):  # its value, whatever it looks like (-r -1)

@@ -46,10 +46,12 @@ def probe_group() -> None:
 @click.option("--netns", required=True, help="The CLIENT namespace (name or path).")
 @click.option("--target", required=True, help="Pod IP to probe.")
 @click.option("--ports", default="9080,8080", show_default=True, help="Ports of the pod, first one is held.")
-@click.option("--source-port", "sport", type=click.IntRange(1, 65534), default=40000, show_default=True)
+@click.option("--source-port", "sport", type=click.IntRange(1, 65534), default=40000, show_default=True,
+              help="The one source port every SYN is sent from.")
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait per port.")
-@click.option("--mode", type=click.Choice(["both", "syn", "connect"]), default="both", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--mode", type=click.Choice(["both", "syn", "connect"]), default="both", show_default=True,
+              help="syn: raw SYNs from --source-port; connect: real connect() calls; both (connect: next port).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
 def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: float, mode: str,
                   as_json: bool) -> None:
     """Send SYNs from one source port to each port; report SYN-ACK, challenge ACK or silence."""
@@ -87,9 +89,11 @@ def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: floa
 @click.option("--pod-ip", help="The pod's address, for the inbound probe.")
 @click.option("--peer-netns", help="A namespace that reaches the pod, to send the inbound probe from.")
 @click.option("--target", help="An address the pod routes to (not loopback), for the outbound probe.")
-@click.option("--inbound-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@click.option("--outbound-port", type=click.IntRange(1, 65535), default=80, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--inbound-port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="The pod port the inbound probe dials.")
+@click.option("--outbound-port", type=click.IntRange(1, 65535), default=80, show_default=True,
+              help="The destination port of the outbound probe.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
 def interception_cmd(netns: str, pod_ip: str | None, peer_netns: str | None, target: str | None,
                      inbound_port: int, outbound_port: int, as_json: bool) -> None:
     """Show whether inbound and outbound capture happen (for pods with no proxy running yet)."""
