@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from meshnet.cli import options as o
+
 
 class CmdError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
@@ -75,10 +77,8 @@ def conntrack_group() -> None:
     """Conntrack five-tuple collision ("503 UF") analysis."""
 
 
-@conntrack_group.command("analyze")
-@click.option("--netns", help="Network namespace name or path (/run/netns/X, /proc/PID/ns/net); "
-                             "default: the one meshnet runs in.")
-@click.option("--pid", type=int, help="Analyze the network namespace of this process.")
+@conntrack_group.command("analyze", cls=o.MeshnetCommand)
+@o.target_options(o.READ_TARGET)
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False),
               help="Offline: a saved `conntrack -L [-o extended]` or /proc/net/nf_conntrack file.")
 @click.option("--bundle", type=click.Path(dir_okay=False),
@@ -88,7 +88,7 @@ def conntrack_group() -> None:
 @click.option("--kernel", "kernel", help="Kernel release of the node, for --from-file (e.g. 6.1.0-56-amd64).")
 @click.option("--interval", type=float, default=0.0, show_default=True,
               help="Sample counters twice this many seconds apart, to see them rise.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@o.flag("--json", "as_json", help="Machine-readable output (JSON).")
 def analyze_cmd(netns: str | None, pid: int | None, from_file: str | None, bundle: str | None, pod: str | None,
                 envoy_log: str | None, kernel: str | None, interval: float, as_json: bool) -> None:
     """Find, explain and predict duplicate five-tuple collisions in a pod namespace."""
@@ -207,13 +207,12 @@ def _print_text(snap: Any, findings: list[Any]) -> None:
             click.echo(f"    do: {a}")
 
 
-@conntrack_group.command("watch")
-@click.option("--netns", help="Network namespace name or path; default: the one meshnet runs in.")
-@click.option("--pid", type=int, help="Watch the network namespace of this process.")
+@conntrack_group.command("watch", cls=o.MeshnetCommand)
+@o.target_options(o.READ_TARGET)
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Stop after this many seconds.")
 @click.option("--hang-after", type=float, default=2.0, show_default=True,
               help="Report a colliding SYN_SENT entry as a hang when still unreplied after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@o.flag("--json", "as_json", help="One JSON object per line.")
 def watch_cmd(netns: str | None, pid: int | None, duration: float, hang_after: float, as_json: bool) -> None:
     """Follow conntrack events and report collisions as they happen (Ctrl-C to stop)."""
 

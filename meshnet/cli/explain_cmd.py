@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import diagnostic
 
 
@@ -56,19 +57,17 @@ def run_explain(packet_text: str, netns_name: str | None, pid: int | None, as_js
     return 1 if any(r.verdict is None or r.verdict.kind == "uncertain" for r in results) else 0
 
 
-@click.command("explain")
+@o.command("explain")
 @click.argument("packet")
-@click.option("--netns", "netns_name", default=None, metavar="NAME|PATH",
-              help="pod network namespace (default: the one meshnet runs in)")
-@click.option("--pid", default=None, type=int, help="a process in the pod")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--trace", is_flag=True,
-              help="send one real packet matching PACKET and compare the kernel's nftrace path with the prediction")
-def explain_cmd(packet: str, netns_name: str | None, pid: int | None, as_json: bool, trace: bool) -> None:
+@o.target_options(o.READ_TARGET)
+@o.flag("--json", "as_json", help="Machine-readable output (JSON).")
+@o.flag("--trace", help="Send one real packet matching PACKET and compare the kernel's nftrace path with the "
+                        "prediction.")
+def explain_cmd(packet: str, netns: str | None, pid: int | None, as_json: bool, trace: bool) -> None:
     """Follow PACKET through the pod's live rules, e.g.
 
     'tcp 10.0.0.5:41000 -> 10.96.0.10:80 out uid=1000' or 'tcp 10.1.1.1:5000 -> 10.0.0.5:8080 in iface=eth0'.
     Options in PACKET: uid= gid= iface= oif= state=NEW|ESTABLISHED|RELATED|INVALID mark= ctmark=.
     """
     run = run_trace if trace else run_explain
-    sys.exit(diagnostic(lambda: run(packet, netns_name, pid, as_json), prog="meshnet explain"))
+    sys.exit(diagnostic(lambda: run(packet, netns, pid, as_json), prog="meshnet explain"))

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshnet.spec.flags import FLAGS, LOG_FLAGS, FlagDef, env_and_default, stray_argument
+from meshnet.spec.flags import BOOL_WORDS, FLAGS, LOG_FLAGS, FlagDef, env_and_default, stray_argument
 
 F = TypeVar("F", bound=Callable[..., Any])
 AMBIENT_SWITCHES = ("--ambient", "--ambient-host")
@@ -67,11 +67,11 @@ def to_bool(option: str, value: str | bool | None) -> bool:
         raise click.BadParameter(exc.reason, param_hint=f"'{option}'") from None
 
 
-def flag(*decls: str, help: str) -> Callable[[F], F]:  # noqa: A002  (click's own keyword)
+def flag(*decls: str, help: str, **kwargs: Any) -> Callable[[F], F]:  # noqa: A002  (click's own keyword)
     """A meshnet bool option, pflag style: `--json` or `--json=true|false`; the callback gets a bool."""
     name = next(d for d in decls if d.startswith("--"))
     return click.option(*decls, cls=BoolOption, default=None, help=help,
-                        callback=lambda _ctx, _param, value: to_bool(name, value))
+                        callback=lambda _ctx, _param, value: to_bool(name, value), **kwargs)
 
 
 def _istio_option(flag_def: FlagDef) -> Callable[[F], F]:
@@ -246,7 +246,7 @@ def pflag_args(command: click.Command, ctx: click.Context, args: Sequence[str]) 
                 out.append(args[i])
                 i += 1
             continue
-        if not positional:
+        if not positional or (previous_bool is not None and arg.lower() in BOOL_WORDS):
             raise click.UsageError(stray_argument(arg, previous_bool), ctx)
         out.append(arg)
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.conntrack_cmd import CmdError, _fail, _resolve
 
 
@@ -42,7 +43,7 @@ def probe_group() -> None:
     """Packet probes: collision exposure and interception."""
 
 
-@probe_group.command("collision")
+@probe_group.command("collision", cls=o.MeshnetCommand)
 @click.option("--netns", required=True, help="The CLIENT namespace (name or path).")
 @click.option("--target", required=True, help="Pod IP to probe.")
 @click.option("--ports", default="9080,8080", show_default=True, help="Ports of the pod, first one is held.")
@@ -51,7 +52,7 @@ def probe_group() -> None:
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait per port.")
 @click.option("--mode", type=click.Choice(["both", "syn", "connect"]), default="both", show_default=True,
               help="syn: raw SYNs from --source-port; connect: real connect() calls; both (connect: next port).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
+@o.flag("--json", "as_json", help="Machine-readable output (JSON).")
 def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: float, mode: str,
                   as_json: bool) -> None:
     """Send SYNs from one source port to each port; report SYN-ACK, challenge ACK or silence."""
@@ -84,7 +85,7 @@ def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: floa
     _run(run)
 
 
-@probe_group.command("interception")
+@probe_group.command("interception", cls=o.MeshnetCommand)
 @click.option("--netns", required=True, help="The POD namespace (name or path).")
 @click.option("--pod-ip", help="The pod's address, for the inbound probe.")
 @click.option("--peer-netns", help="A namespace that reaches the pod, to send the inbound probe from.")
@@ -93,7 +94,7 @@ def collision_cmd(netns: str, target: str, ports: str, sport: int, timeout: floa
               help="The pod port the inbound probe dials.")
 @click.option("--outbound-port", type=click.IntRange(1, 65535), default=80, show_default=True,
               help="The destination port of the outbound probe.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
+@o.flag("--json", "as_json", help="Machine-readable output (JSON).")
 def interception_cmd(netns: str, pod_ip: str | None, peer_netns: str | None, target: str | None,
                      inbound_port: int, outbound_port: int, as_json: bool) -> None:
     """Show whether inbound and outbound capture happen (for pods with no proxy running yet)."""

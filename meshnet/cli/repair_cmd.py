@@ -7,13 +7,14 @@ import sys
 
 import click
 
+from meshnet.cli import options as o
 from meshnet.cli.errors import guarded
 
 DEFAULT_CRI = "unix:///run/containerd/containerd.sock"
 
 
-@click.command("repair")
-@click.option("--all", "all_pods", is_flag=True, required=True,
+@o.command("repair")
+@o.flag("--all", "all_pods", required=True,
               help="Every pod sandbox the CRI runtime reports on this node (the only mode).")
 @click.option("--cri", default=DEFAULT_CRI, show_default=True, metavar="ENDPOINT",
               help="The runtime's CRI socket (containerd or CRI-O), e.g. unix:///run/crio/crio.sock.")
@@ -22,10 +23,10 @@ DEFAULT_CRI = "unix:///run/containerd/containerd.sock"
                    "one in --conf-dir that has meshnet-cni, else meshnet-cni's defaults).")
 @click.option("--conf-dir", default=None, type=click.Path(file_okay=False),
               help="Where to look for that conflist (default /etc/cni/net.d).")
-@click.option("--dry-run", is_flag=True, help="Only report what would be repaired; change nothing.")
+@o.flag("--dry-run", help="Only report what would be repaired; change nothing.")
 @click.option("--max-repairs", default=10, show_default=True, type=click.IntRange(min=0),
               help="At most this many pods are changed in one run, so a bug cannot storm a node.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document: a row per pod.")
+@o.flag("--json", "as_json", help="One JSON document: a row per pod.")
 def repair_cmd(all_pods: bool, cri: str, conflist: str | None, conf_dir: str | None, dry_run: bool,
                max_repairs: int, as_json: bool) -> None:
     """Repair in place the pods that should be meshed (decided as CNI ADD would) but have no, partial
@@ -34,6 +35,10 @@ def repair_cmd(all_pods: bool, cri: str, conflist: str | None, conf_dir: str | N
 
     def go() -> int:
         from meshnet.apply.repair import exit_code, load_config, repair_all
+        from meshnet.errors import UsageError
+
+        if not all_pods:
+            raise UsageError("--all is the only mode: give --all (or --all=true)")
         from meshnet.cri import list_sandboxes, sandbox_ready
 
         config = load_config(conflist, conf_dir)

@@ -151,7 +151,7 @@ def stray_argument(arg: str, bool_flag: str | None = None) -> str:
     """The one line for a word no flag takes. After a bool flag (`--redirect-dns false`) it says
     why: pflag reads that as `--redirect-dns` (true) plus a stray argument, which istio-iptables
     ignores; meshnet refuses it, the same way in every command, rather than guess."""
-    if bool_flag is not None and arg.lower() in _BOOL_WORDS:
+    if bool_flag is not None and arg.lower() in BOOL_WORDS:
         return f"unexpected argument {arg!r}: a bool flag takes its value after '=' ({bool_flag}={arg}), as in Istio"
     return f"unexpected argument {arg!r}: these flags take no positional arguments"
 
@@ -167,7 +167,7 @@ def _bool_flag_before(previous: str | None) -> str | None:
 _BY_NAME = {f.long: f for f in (*FLAGS, *LOG_FLAGS)}
 _BY_SHORT = {f.short: f for f in FLAGS if f.short}
 _LOG_NAMES = frozenset(f.long for f in LOG_FLAGS)
-_BOOL_WORDS = frozenset(("1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"))
+BOOL_WORDS = frozenset(("1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"))
 
 
 def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlags:

@@ -52,6 +52,20 @@ def test_every_command_and_option_has_help() -> None:
     assert missing == []
 
 
+def test_every_bool_option_is_pflag_style() -> None:
+    """No click is_flag option (which would refuse `--json=false`): every bool is a BoolOption."""
+    from meshnet.cli.options import BoolOption, MeshnetCommand
+
+    plain = [f"{path} {p.opts[0]}" for path, command in walk(cli) for p in command.params
+             if isinstance(p, click.Option) and p.is_flag and p.name != "version"]
+    assert plain == []
+    bools = [p for _, command in walk(cli) for p in command.params if isinstance(p, BoolOption)]
+    assert len(bools) > 20
+    leaves = [(path, c) for path, c in walk(cli) if not isinstance(c, click.Group)]
+    takes_bools = [path for path, c in leaves if any(isinstance(p, BoolOption) for p in c.params)]
+    assert all(isinstance(c, MeshnetCommand) for path, c in leaves if path in takes_bools), takes_bools
+
+
 def test_istio_iptables_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         istio_flags.parse_flags(["--help"])
