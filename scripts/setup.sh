@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(iptables nftables conntrack iproute2 util-linux containernetworking-plugins
       libnftables1 gcc python3-dev python3-venv tcpdump procps ipset
-      golang-go golang-github-appc-cni-dev)  # the last two build the libcni runtime the CNI tests use
+      golang-go golang-github-appc-cni-dev  # build tests/harness/cnirun (libcni, GOPATH mode: no module download)
+      containerd runc libc6-dev)            # tests/harness/crinode: containerd's CRI + a static pause binary
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,4 +1,4 @@
-"""The ambient node agent under a real containerd (../shared/tools/crinode), issue 13 "node agent".
+"""The ambient node agent under a real containerd (tests/harness/crinode), issue 13 "node agent".
 
 meshnet-cni hands enrolled pods to `meshnet cni agent --ambient-conflist`, which programs each
 pod's namespace and the node's probe set (the node namespace is crinode's, made for this test).

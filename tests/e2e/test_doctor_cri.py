@@ -1,8 +1,8 @@
-"""`meshnet doctor --all --cri`: real pod sandboxes of containerd's CRI plugin (../shared/tools/crinode),
+"""`meshnet doctor --all --cri`: real pod sandboxes of containerd's CRI plugin (tests/harness/crinode),
 named by ListPodSandbox + PodSandboxStatus; the CNI chain is bridge (isGateway false) + meshnet-cni.
 
 Also checks that meshnet's CRI subset proto has the CRI's own field numbers (against the full
-api.proto crinode builds its client from)."""
+api.proto crinode builds its client from, vendored in tests/harness/crinode/proto)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from harness.cni_helpers import SIDECAR
-from harness.cri_bare_node import REPO, Node, crinode_template
+from harness.cri_bare_node import REPO, Node
+from harness.crinode_tool import API_PROTO
 from harness.topology import is_root
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -65,7 +66,7 @@ def test_doctor_all_names_cri_pods(node: Node, tmp_path: Path) -> None:
 
 
 def test_cri_subset_has_the_cri_field_numbers() -> None:
-    proto = (crinode_template() / "client" / "proto" / "api.proto").read_text()
+    proto = API_PROTO.read_text()
     ours = (REPO / "meshnet" / "cri" / "cri_subset.proto").read_text()
 
     def fields(text: str) -> dict[tuple[str, str], str]:

@@ -1,4 +1,4 @@
-"""`meshnet repair --all` and the agent's repair loop on real containerd sandboxes (../shared/tools/crinode).
+"""`meshnet repair --all` and the agent's repair loop on real containerd sandboxes (tests/harness/crinode).
 
 The race: sandboxes created while meshnet-cni is not in the conflist (the plugin installed afterwards,
 as after a node reboot or a DaemonSet upgrade) run without interception. Repair finds them over the

@@ -4,9 +4,7 @@ the meshnet image is tests/harness/cri_helpers.py."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
 import secrets
 import shutil
@@ -16,24 +14,10 @@ from typing import Any
 
 from harness import crinode_lock
 from harness.cni_helpers import build_plugin
+from harness.crinode_tool import CRINODE, node_env, seed_base
 from harness.topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
-CRINODE = Path(os.environ.get("MESHNET_SHARED", REPO.parent / "shared")) / "tools" / "crinode" / "crinode"
-# Built once per machine (the CRI client's venv and stubs, the pause image); the same lock as other CRI suites.
-TEMPLATE = Path(os.environ.get("MESHNET_CRINODE_TEMPLATE", "/var/cache/meshnet-crinode"))
-
-
-def crinode_template() -> Path:
-    TEMPLATE.mkdir(parents=True, exist_ok=True)
-    with open(TEMPLATE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (TEMPLATE / "client" / "api_pb2_grpc.py").exists() or not (TEMPLATE / "image" / "pause.tar").exists():
-            cp = subprocess.run([str(CRINODE), "setup"], capture_output=True, text=True, timeout=900,
-                                env={**os.environ, "CRINODE_BASE": str(TEMPLATE)}, stdin=subprocess.DEVNULL)
-            if cp.returncode != 0:
-                raise RuntimeError(f"crinode setup failed: {cp.stderr.strip()[-2000:]}")
-    return TEMPLATE
 
 
 class Node:
@@ -41,8 +25,8 @@ class Node:
         token = secrets.token_hex(4)
         self.base = Path(f"/tmp/mn-crinode-{token}")
         self.netns = f"{NS_PREFIX}{token}-node"
-        self.env = {**os.environ, "CRINODE_BASE": str(self.base), "CRINODE_NETNS": self.netns,
-                    "MESHNET_CNI_AGENT_SOCKET": "off"}
+        self.cgroup_parent = f"/crinode-pods-{token}"  # `crinode down` kills only this node's pods
+        self.env = {**node_env(self.base, self.netns, self.cgroup_parent), "MESHNET_CNI_AGENT_SOCKET": "off"}
         self.token = token
 
     def crinode(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -52,12 +36,7 @@ class Node:
     def up(self, plugin: dict[str, Any] | None = None) -> None:
         """`plugin`: the meshnet-cni conflist entry (default: iptables-nft, pod annotations)."""
         crinode_lock.acquire()  # released by down(), after `crinode down`
-        template = crinode_template()
-        self.base.mkdir(mode=0o700)
-        shutil.copytree(template / "client", self.base / "client")
-        (self.base / "venv").symlink_to(template / "venv")
-        (self.base / "image").mkdir()
-        shutil.copy2(template / "image" / "pause.tar", self.base / "image" / "pause.tar")
+        seed_base(self.base)
         self._check(self.crinode("setup"), "setup")
         build_plugin(self.base / "cni" / "bin")
         subnet = f"10.{random.randint(1, 254)}.{random.randint(0, 255)}.0/24"

@@ -1,18 +1,16 @@
-"""A real containerd CRI node for tests: ../shared/tools/crinode with the meshnet image imported.
+"""A real containerd CRI node for tests: tests/harness/crinode with the meshnet image imported.
 
 One `CriNode` per test session: its own CRINODE_BASE (`/tmp/mn-crinode-<hex>`) and node namespace
 (`mn-<hex>-node`), a conflist bridge (isGateway false, ipMasq false, a random private /24) followed by
 meshnet-cni, chained in by `meshnet cni install --conflist` with the plugin file taken out of the
 image (what the DaemonSet's installer copies to a node). `close()` always runs `crinode down`.
-The CRI client's generated stubs and venv are built once per machine in a template base and shared.
-CRI calls go through tests/harness/cri_client.py: crinode's cri.py with the pods under a cgroup parent of this
-node's own, so another node's `crinode down` (which kills every `crinode-pods` cgroup) cannot kill ours.
+The CRI client's generated stubs and the pause image are built once per checkout (tests/harness/crinode_tool.py).
+Pods live under a cgroup parent of this node's own (CRINODE_CGROUP_PARENT), the only one its `crinode down` kills.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -20,6 +18,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -28,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import crinode_lock
+from harness.crinode_tool import CRI_PY, CRINODE, node_env, seed_base
 from harness.topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
-CRINODE = Path(os.environ.get("MESHNET_SHARED", REPO.parent / "shared")) / "tools" / "crinode" / "crinode"
-CRI_CLIENT = Path(__file__).resolve().parent / "cri_client.py"
 IMAGE_TAR = REPO / "build" / "images" / "meshnet.tar"
 IMAGE_REF = "localhost/meshnet:dev"
-TEMPLATE = Path(os.environ.get("MESHNET_CRINODE_TEMPLATE", "/var/cache/meshnet-crinode"))
 SIDECAR = {"sidecar.istio.io/status": '{"containers":["istio-proxy"]}'}
 # Istio's injector: istio-init's exact args and securityContext (uid 0, drop ALL, add NET_ADMIN+NET_RAW).
 ISTIO_INIT_ARGS = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
@@ -71,19 +68,6 @@ def image_file(path: str, dest: Path, tar_path: Path = IMAGE_TAR) -> Path:
     raise FileNotFoundError(f"{path} is not in {tar_path}")
 
 
-def _template() -> Path:
-    """Build crinode's CRI client + pause image once per machine (lock: concurrent suites wait)."""
-    TEMPLATE.mkdir(parents=True, exist_ok=True)
-    with open(TEMPLATE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (TEMPLATE / "client" / "api_pb2_grpc.py").exists() or not (TEMPLATE / "image" / "pause.tar").exists():
-            cp = subprocess.run([str(CRINODE), "setup"], capture_output=True, text=True, timeout=900,
-                                env={**os.environ, "CRINODE_BASE": str(TEMPLATE)})
-            if cp.returncode != 0:
-                raise RuntimeError(f"crinode setup failed: {cp.stderr.strip()[-2000:]}")
-    return TEMPLATE
-
-
 @dataclass
 class CriResult:
     returncode: int
@@ -107,14 +91,13 @@ class CriNode:
     def __post_init__(self) -> None:
         self.base = Path(f"/tmp/mn-crinode-{self.token}")
         self.netns = f"{NS_PREFIX}{self.token}-node"
-        self.cgroup_parent = f"/crinode-pods-{self.token}"  # see tests/harness/cri_client.py
+        self.cgroup_parent = f"/crinode-pods-{self.token}"  # `crinode down` kills only this node's pods
         self.subnet = f"10.{random.randint(1, 254)}.{random.randint(0, 255)}.0/24"
         self.conflist = self.base / "cni" / "net.d" / "10-meshnet-test.conflist"
         self.log_file = self.base / "log" / "meshnet-cni.log"
-        self.env = {**os.environ, "CRINODE_BASE": str(self.base), "CRINODE_NETNS": self.netns,
-                    # containerd's environment reaches the plugins it execs
-                    "MESHNET_CNI_AGENT_SOCKET": self.agent_socket,
-                    "MESHNET_CRI_PY": str(CRINODE.parent / "cri.py"), "MESHNET_CRI_CGROUP_PARENT": self.cgroup_parent}
+        # containerd's environment reaches the plugins it execs
+        self.env = {**node_env(self.base, self.netns, self.cgroup_parent),
+                    "MESHNET_CNI_AGENT_SOCKET": self.agent_socket}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> CriNode:
@@ -135,12 +118,7 @@ class CriNode:
                               stdin=subprocess.DEVNULL)
 
     def setup(self) -> None:
-        template = _template()
-        self.base.mkdir(mode=0o700)
-        shutil.copytree(template / "client", self.base / "client")
-        (self.base / "venv").symlink_to(template / "venv")
-        (self.base / "image").mkdir()
-        shutil.copy2(template / "image" / "pause.tar", self.base / "image" / "pause.tar")
+        seed_base(self.base)
         self._check(self.crinode("setup"), "setup")
         plugin = self.base / "meshnet-cni.from-image"
         if IMAGE_TAR.exists():
@@ -227,8 +205,8 @@ class CriNode:
 
     # ------------------------------------------------------------------ CRI calls
     def cri_argv(self, *args: str) -> list[str]:
-        """`crinode cri ARGS` through tests/harness/cri_client.py (our own pods' cgroup parent)."""
-        return [str(self.base / "venv" / "bin" / "python"), str(CRI_CLIENT), *args]
+        """`crinode cri ARGS`, without the shell script in between (run with self.env)."""
+        return [sys.executable, str(CRI_PY), *args]
 
     def cri(self, *args: str, timeout: float = 300) -> CriResult:
         cp = subprocess.run(self.cri_argv(*args), capture_output=True, text=True, timeout=timeout, env=self.env,

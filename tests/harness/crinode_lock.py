@@ -1,9 +1,10 @@
 """One containerd CRI node at a time on this machine, across test runs (and within a run, re-entrant).
 
-`crinode down` (../shared/tools/crinode) kills every process under any `*/crinode-pods/*` cgroup on the
-machine, so a suite tearing its node down would kill the pods of a second suite running beside it (two
-clones, a developer's run next to CI's). Every user of crinode in the tests holds this lock from before
-`setup` until after `down`; a process may hold it several times (bench/cri.py runs three nodes at once).
+Our crinode (tests/harness/crinode) kills only its own node's pods, but containerd 1.6 keeps machine-wide
+state (/var/lib/cni/results, /run/containerd/s) and older crinode copies (other checkouts) kill every
+process under any `*/crinode-pods/*` cgroup; on 2 cores, two nodes at once also make both slow. So every
+user of crinode in the tests holds this lock from before `setup` until after `down` (two clones, a
+developer's run next to CI's); a process may hold it several times (bench/cri.py runs three nodes at once).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import parse_nameservers
 from meshnet.spec.spec import Spec
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "istio"  # in the repo: never ../shared
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "istio"  # vendored: the tests need nothing outside the repo
 BASE_FLAGS = ["-p", "15001", "-z", "15006", "-e", "15008", "-u", "1337", "-g", "1337", "-t", "1337", "-r", "133"]
 
 
