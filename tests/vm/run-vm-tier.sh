@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make test-vm`: the five-tuple collision prevention proven on Debian 12's 6.1 kernel (where the
 # second connection really hangs), in a throwaway qemu VM (../shared/tools/oldkernel-vm).
+# The one documented exception to the self-contained repository: the VM tool is not vendored (it builds a
+# 2.5 GB Debian 12 image); point OLDKERNEL_VM at its run-vm.sh when it lives elsewhere. `make test` never uses it.
 # Runs meshnet from this working tree inside the guest; prints one line per check and
 # "N passed, N failed"; exit 0 only when every check passed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 vmtool=${OLDKERNEL_VM:-$root/../shared/tools/oldkernel-vm/run-vm.sh}
-[ -x "$vmtool" ] || { echo "test-vm: $vmtool not found" >&2; exit 2; }
+[ -x "$vmtool" ] || { echo "test-vm: $vmtool not found (set OLDKERNEL_VM to oldkernel-vm's run-vm.sh)" >&2; exit 2; }
 site=$("$root/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
