@@ -137,7 +137,7 @@ def backend_option(choices: Sequence[str], default: str, help: str) -> Callable[
     return click.option("--backend", default=default, show_default=True, type=Choice(choices), help=help)
 
 
-class Choice(click.Choice):
+class Choice(click.Choice[str]):
     """click.Choice with argparse's wording (`invalid choice`), which scripts and tests match."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -254,4 +254,4 @@ def pflag_args(command: click.Command, ctx: click.Context, args: Sequence[str]) 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], MeshnetCommand]:
     """@click.command with MeshnetCommand."""
-    return click.command(name, cls=MeshnetCommand, **kwargs)  # type: ignore[return-value]
+    return click.command(name, cls=MeshnetCommand, **kwargs)
