@@ -78,8 +78,8 @@ def _spec_argv(argv: list[str]) -> list[str]:
         if arg in ("--netns", "--pid", "--backend"):
             skip = True
             continue
-        if arg.split("=", 1)[0] in ("--netns", "--pid", "--backend") or arg in (
-                "--reconcile", "--dry-run", "--ambient", "--ambient-host"):
+        if arg.split("=", 1)[0] in ("--netns", "--pid", "--backend", "--reconcile", "--dry-run", "--ambient",
+                                    "--ambient-host"):
             continue
         out.append(arg)
     return out

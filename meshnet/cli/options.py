@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshnet.spec.flags import BOOL_WORDS, FLAGS, LOG_FLAGS, FlagDef, env_and_default, stray_argument
+from meshnet.spec.flags import FLAGS, LOG_FLAGS, FlagDef, env_and_default
 
 F = TypeVar("F", bound=Callable[..., Any])
 AMBIENT_SWITCHES = ("--ambient", "--ambient-host")
@@ -127,10 +127,16 @@ cni_spec = stack(
                       "(repeatable)."),
 )
 json_output = flag("--json", help="Machine-readable output (JSON).")
-ambient_switches = stack(
-    flag("--ambient", help="Istio's ambient mode, the in-pod rules (see the command's --ambient --help)."),
-    flag("--ambient-host", help="Istio's ambient mode, the node's probe SNAT rules."),
-)
+def _ambient_switches() -> Callable[[F], F]:
+    """--ambient/--ambient-host as declared in meshnet/ambient/options.py (which parses the rest of
+    an ambient command line: `meshnet render --ambient --help` lists those options)."""
+    from meshnet.ambient.options import SPEC_OPTIONS
+
+    declared = {opt.names[0]: opt.help for opt in SPEC_OPTIONS}
+    return stack(*(flag(name, help=f"{declared[name]} See --ambient --help.") for name in AMBIENT_SWITCHES))
+
+
+ambient_switches = _ambient_switches()
 
 
 def backend_option(choices: Sequence[str], default: str, help: str) -> Callable[[F], F]:  # noqa: A002
@@ -184,7 +190,7 @@ class MeshnetCommand(click.Command):
             from meshnet.cli.errors import guarded
 
             argv = ctx.meta[_AMBIENT_ARGV]
-            ctx.exit(guarded(lambda: self.ambient(argv) if self.ambient else 0))
+            ctx.exit(guarded(lambda: self.ambient(argv) if self.ambient else 0, prog=ctx.command_path))
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -202,9 +208,10 @@ class MeshnetCommand(click.Command):
 
 
 def pflag_args(command: click.Command, ctx: click.Context, args: Sequence[str]) -> list[str]:
-    """argv with every bool option written `--x=VALUE` (a bare `--x` or `-n` is `=true`), so that a
-    word after a bool flag is never its value. A word no option takes is refused here, with the
-    same line as istio-iptables, unless the command has positional arguments."""
+    """The command's argv in pflag's bool rule (meshnet.spec.flags.pflag_words), from its own options."""
+    from meshnet.errors import UsageError
+    from meshnet.spec.flags import pflag_words
+
     bools: dict[str, str] = {}  # option string -> its long spelling
     takes_value: set[str] = set()
     positional = False
@@ -217,39 +224,10 @@ def pflag_args(command: click.Command, ctx: click.Context, args: Sequence[str]) 
                 takes_value.update(param.opts)
         elif isinstance(param, click.Argument):
             positional = True
-    out: list[str] = []
-    i = 0
-    after_bool: str | None = None
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            out.extend(args[i - 1:])
-            break
-        name, eq, value = arg.partition("=")
-        if arg.startswith("--") and name in bools:
-            out.append(f"{bools[name]}={value if eq else 'true'}")
-            after_bool = None if eq else bools[name]
-            continue
-        if arg.startswith("-") and not arg.startswith("--") and arg[:2] in bools:
-            rest = arg[2:]
-            out.append(f"{bools[arg[:2]]}={(rest[1:] if rest.startswith('=') else rest) or 'true'}")
-            after_bool = None if rest else bools[arg[:2]]
-            continue
-        previous_bool, after_bool = after_bool, None
-        if arg.startswith("-") and not arg.startswith("--") and arg[2:3] == "=" and arg[:2] in takes_value:
-            out.extend((arg[:2], arg[3:]))  # pflag's `-p=15001` is -p 15001 (click would keep the '=')
-            continue
-        if arg.startswith("-") and arg != "-":
-            out.append(arg)
-            if arg in takes_value and i < len(args):  # its value, whatever it looks like (-r -1)
-                out.append(args[i])
-                i += 1
-            continue
-        if not positional or (previous_bool is not None and arg.lower() in BOOL_WORDS):
-            raise click.UsageError(stray_argument(arg, previous_bool), ctx)
-        out.append(arg)
-    return out
+    try:
+        return pflag_words(args, bools, takes_value, positional)
+    except UsageError as exc:
+        raise click.UsageError(str(exc), ctx) from None
 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], MeshnetCommand]:

@@ -18,7 +18,7 @@ from meshnet.spec.spec import Spec, mode_for
 
 TYPE_CHECKING = False  # keep `typing` off the istio-init start-up path
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,49 @@ _BY_NAME = {f.long: f for f in (*FLAGS, *LOG_FLAGS)}
 _BY_SHORT = {f.short: f for f in FLAGS if f.short}
 _LOG_NAMES = frozenset(f.long for f in LOG_FLAGS)
 BOOL_WORDS = frozenset(("1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"))
+
+
+def pflag_words(args: Sequence[str], bools: Mapping[str, str], takes_value: Collection[str],
+                positional: bool = False) -> list[str]:
+    """argv with every bool option written `--long=VALUE` (a bare `--x` or `-n` is `=true`), so a
+    word after a bool flag is never its value: pflag's rule, for parsers that would otherwise take
+    it (click, argparse). `bools` maps each spelling of a bool option to its long form;
+    `takes_value` lists the options whose next word is their value. A word no option takes is a
+    UsageError (the same line as istio-iptables), unless the parser has positional arguments;
+    a bool word right after a bare bool flag always is."""
+    out: list[str] = []
+    i = 0
+    after_bool: str | None = None
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            out.extend(args[i - 1:])
+            break
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and name in bools:
+            out.append(f"{bools[name]}={value if eq else 'true'}")
+            after_bool = None if eq else bools[name]
+            continue
+        if arg.startswith("-") and not arg.startswith("--") and arg[:2] in bools:
+            rest = arg[2:]
+            out.append(f"{bools[arg[:2]]}={(rest[1:] if rest.startswith('=') else rest) or 'true'}")
+            after_bool = None if rest else bools[arg[:2]]
+            continue
+        previous_bool, after_bool = after_bool, None
+        if arg.startswith("-") and not arg.startswith("--") and arg[2:3] == "=" and arg[:2] in takes_value:
+            out.extend((arg[:2], arg[3:]))  # pflag's `-p=15001` is -p 15001 (click would keep the '=')
+            continue
+        if arg.startswith("-") and arg != "-":
+            out.append(arg)
+            if arg in takes_value and i < len(args):  # its value, whatever it looks like (-r -1)
+                out.append(args[i])
+                i += 1
+            continue
+        if not positional or (previous_bool is not None and arg.lower() in BOOL_WORDS):
+            raise UsageError(stray_argument(arg, previous_bool))
+        out.append(arg)
+    return out
 
 
 def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlags:

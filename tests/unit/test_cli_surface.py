@@ -133,6 +133,26 @@ def test_bool_spellings_mean_what_they_mean_in_istio(capsys: pytest.CaptureFixtu
     assert bad.endswith("error: invalid --redirect-dns 'maybe': expected true or false"), bad
 
 
+@pytest.mark.parametrize("command", ["render --ambient", "render --ambient-host",
+                                     "apply --ambient --netns mn-never-used", "diff --ambient --netns mn-never-used"])
+def test_ambient_options_follow_the_same_rule(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    line = one_line_error(capsys, [*command.split(), "--redirect-dns", "false"])
+    assert line == f"meshnet {command.split()[0]}: error: {STRAY_TAIL}"
+    assert one_line_error(capsys, [*command.split(), "--ipv6", "0"]).endswith("(--ipv6=0), as in Istio")
+    assert "expected true or false" in one_line_error(capsys, [*command.split(), "--redirect-dns=maybe"])
+
+
+def test_ambient_bool_spellings(capsys: pytest.CaptureFixture[str]) -> None:
+    def rendered(*flags: str) -> str:
+        assert main(["render", "--ambient", "--format", "nft", *flags]) == 0
+        return capsys.readouterr().out
+
+    off, on = rendered(), rendered("--redirect-dns")
+    assert on != off and rendered("--redirect-dns=true") == on
+    assert rendered("--redirect-dns=false") == rendered("--redirect-dns", "--redirect-dns=false") == off
+    assert rendered("--ipv6=false") == off
+
+
 def test_meshnet_own_bool_options_follow_the_same_rule(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", *INJECTOR, "--ipv6=false"]) == 0
     v4 = capsys.readouterr().out
