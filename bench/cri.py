@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cri_helpers import SIDECAR, CriNode  # noqa: E402
+from harness.cri_helpers import SIDECAR, CriNode  # noqa: E402
 
 TARGET = 1.5
 
