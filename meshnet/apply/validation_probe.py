@@ -151,7 +151,7 @@ class _Dialer:
             self._failed(s, err)
             return
         self.sock = s
-        sel.register(s, selectors.EVENT_WRITE, "client")
+        sel.register(s, selectors.EVENT_WRITE, self)  # the key names its dialer
 
     def writable(self, sel: selectors.BaseSelector) -> None:
         s = self.sock
@@ -200,10 +200,11 @@ def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv
                 if dialer is not None:
                     dialer.start(sel)
                 for key, _ in sel.select(timeout=max(0.0, min(0.05, deadline - time.time()))):
-                    if key.data == "client":
-                        dialer.writable(sel)  # type: ignore[union-attr]
+                    if isinstance(key.data, _Dialer):
+                        key.data.writable(sel)
                         continue
-                    listener: socket.socket = key.fileobj  # type: ignore[assignment]
+                    listener = key.fileobj
+                    assert isinstance(listener, socket.socket)  # the listeners are registered as sockets
                     try:
                         conn, _ = listener.accept()
                     except BlockingIOError:
@@ -230,7 +231,7 @@ def validate(netns: Netns, *, probe_port: int = 15002, timeout: float = 5.0, ipv
             s.close()
         if dialer is not None:
             dialer.close()
-        why = _stop_client(client) if client is not None else dialer.last  # type: ignore[union-attr]
+        why = _stop_client(client) if client is not None else dialer.last if dialer is not None else ""
     detail = f"redirected to the wrong port(s) {sorted(set(seen))}" if seen else why
     raise ValidationFailed(f"{FAILURE_MESSAGE} ({netns.label}: {_hostport(dst, probe_port)} as uid {uid}: {detail})")
 

@@ -28,6 +28,7 @@ OUTBOUND_MARK = 1338
 DNS_PORT = "53"
 DNS_LISTENER_PORT = "15053"
 INBOUND_PASSTHROUGH = {4: "127.0.0.6/32", 6: "::6/128"}
+FAMILIES: tuple[Family, ...] = (4, 6)
 
 M = Match
 
@@ -130,13 +131,14 @@ def build_iptables(spec: Spec) -> IptablesPlan:
         for nic in spec.kube_virt_interfaces:
             e.insert(NAT, "PREROUTING", 1, (M("in", nic),), j(ISTIO_REDIRECT))
     else:
-        for family, cidrs in ((4, v4_incl), (6, v6_incl)):
+        included: dict[Family, list[str]] = {4: v4_incl, 6: v6_incl}
+        for family, cidrs in included.items():
             for cidr in cidrs:
                 for nic in spec.kube_virt_interfaces:
                     e.insert(NAT, "PREROUTING", 1, (M("in", nic), M("dst", cidr)), j(ISTIO_REDIRECT),
-                             family=family)  # type: ignore[arg-type]
+                             family=family)
                 e.append(NAT, ISTIO_OUTPUT, (M("dst", cidr),), j(ISTIO_REDIRECT),
-                         family=family)  # type: ignore[arg-type]
+                         family=family)
     # 15. TPROXY plumbing: marks so replies from the proxy route back through lo.
     if spec.tproxy:
         _tproxy_tail(e, spec, loopback)
@@ -202,7 +204,7 @@ def _dns(e: _Emitter, spec: Spec) -> None:
     all_dns = spec.capture_all_dns
     servers: dict[Family, tuple[str, ...]] = {4: spec.dns_servers_v4, 6: spec.dns_servers_v6}
     plen: dict[Family, str] = {4: "/32", 6: "/128"}
-    for fam in (4, 6):
+    for fam in FAMILIES:
         if all_dns or servers[fam]:
             e.append(NAT, ISTIO_OUTPUT, (), j(ISTIO_OUTPUT_DNS), family=fam)
     dport = M("dport", DNS_PORT)
@@ -211,10 +213,10 @@ def _dns(e: _Emitter, spec: Spec) -> None:
         e.append(NAT, ISTIO_OUTPUT_DNS, (udp, dport), j("REDIRECT", "--to-port", DNS_LISTENER_PORT))
     else:
         for proto, to in ((tcp, "--to-ports"), (udp, "--to-port")):
-            for fam in (4, 6):
-                for server in servers[fam]:  # type: ignore[index]
-                    e.append(NAT, ISTIO_OUTPUT_DNS, (proto, dport, M("dst", server + plen[fam])),  # type: ignore[index]
-                             j("REDIRECT", to, DNS_LISTENER_PORT), family=fam)  # type: ignore[arg-type]
+            for fam in FAMILIES:
+                for server in servers[fam]:
+                    e.append(NAT, ISTIO_OUTPUT_DNS, (proto, dport, M("dst", server + plen[fam])),
+                             j("REDIRECT", to, DNS_LISTENER_PORT), family=fam)
     # Conntrack zones keep the app->agent and agent->upstream flows apart (Istio #33469).
     e.append(RAW, "OUTPUT", (), j(ISTIO_OUTPUT_DNS))
     for kind, owners in (("uid", spec.proxy_uids), ("gid", spec.proxy_gids)):
@@ -222,20 +224,20 @@ def _dns(e: _Emitter, spec: Spec) -> None:
             e.append(RAW, ISTIO_OUTPUT_DNS, (udp, dport, M(kind, owner)), j("CT", "--zone", "1"))
             e.append(RAW, ISTIO_OUTPUT_DNS, (udp, M("sport", DNS_LISTENER_PORT), M(kind, owner)),
                      j("CT", "--zone", "2"))
-    for fam in (4, 6):
-        if all_dns or servers[fam]:  # type: ignore[index]
-            e.append(RAW, "PREROUTING", (), j(ISTIO_INBOUND), family=fam)  # type: ignore[arg-type]
+    for fam in FAMILIES:
+        if all_dns or servers[fam]:
+            e.append(RAW, "PREROUTING", (), j(ISTIO_INBOUND), family=fam)
     if all_dns:
         e.append(RAW, ISTIO_OUTPUT_DNS, (udp, dport), j("CT", "--zone", "2"))
         e.append(RAW, ISTIO_INBOUND, (udp, M("sport", DNS_PORT)), j("CT", "--zone", "1"))
     else:
-        for fam in (4, 6):
-            for server in servers[fam]:  # type: ignore[index]
-                addr = server + plen[fam]  # type: ignore[index]
+        for fam in FAMILIES:
+            for server in servers[fam]:
+                addr = server + plen[fam]
                 e.append(RAW, ISTIO_OUTPUT_DNS, (udp, dport, M("dst", addr)), j("CT", "--zone", "2"),
-                         family=fam)  # type: ignore[arg-type]
+                         family=fam)
                 e.append(RAW, ISTIO_INBOUND, (udp, M("sport", DNS_PORT), M("src", addr)), j("CT", "--zone", "1"),
-                         family=fam)  # type: ignore[arg-type]
+                         family=fam)
 
 
 def _proxy_owned_on_lo(loopback: dict[Family, str], tcp: Match, kind: str, owner: str) -> Versioned:

@@ -161,9 +161,11 @@ MAX_SECONDS = 86400.0 * 365  # a year: longer waits are typos, and time.sleep() 
 def parse_seconds(field: str, value: object, *, lo: float = 0.0, hi: float = MAX_SECONDS,
                   allow_zero: bool = True) -> float:
     """A duration in seconds: finite (no nan/inf), within [lo, hi], zero only when allowed."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):  # True is no duration
+        raise SpecError(field, value, "expected a number of seconds")
     try:
-        seconds = float(value) if not isinstance(value, bool) else float("nan")  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
+        seconds = float(value)
+    except (ValueError, OverflowError):
         raise SpecError(field, value, "expected a number of seconds") from None
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise SpecError(field, value, "a duration must be a finite number of seconds")

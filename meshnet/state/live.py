@@ -28,7 +28,7 @@ _COUNTERS = re.compile(r"^\[\d+:\d+\] ", re.MULTILINE)  # `save -c` prefixes eac
 class LiveState:
     label: str
     # backend ("iptables-legacy" / "iptables-nft") -> family -> parsed rules (only tables that exist)
-    xtables: dict[str, dict[int, RuleSet]] = field(default_factory=dict)
+    xtables: dict[str, dict[Family, RuleSet]] = field(default_factory=dict)
     nft: NftRuleset | None = None  # Istio's native tables (None: nft not readable)
     legacy_tables: dict[int, list[str]] = field(default_factory=dict)  # from /proc, per family
     errors: list[str] = field(default_factory=list)
@@ -52,7 +52,7 @@ class LiveState:
         return sum(len(c.rules) for rs in self.xtables.get(backend, {}).values()
                    for t in rs.tables.values() for c in t.chains.values())
 
-    def families(self, backend: str) -> list[int]:
+    def families(self, backend: str) -> list[Family]:
         return [f for f, rs in self.xtables.get(backend, {}).items() if rs.istio_chains()]
 
 

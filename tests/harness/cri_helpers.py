@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harness import crinode_lock
 from harness.crinode_tool import CRI_PY, CRINODE, node_env, seed_base
@@ -49,19 +49,27 @@ def build_image() -> Path:
     return IMAGE_TAR
 
 
+def _member(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> IO[bytes]:
+    """A regular file of the archive (extractfile says None for anything else)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise FileNotFoundError(f"{tar.name!s}: {member} is not a regular file")
+    return f
+
+
 def image_file(path: str, dest: Path, tar_path: Path = IMAGE_TAR) -> Path:
     """Copy one file out of the docker-archive (top layer first), as the installer container would."""
     with tarfile.open(tar_path) as outer:
-        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        manifest = json.load(_member(outer, "manifest.json"))
         for layer_name in reversed(manifest[0]["Layers"]):
-            with tarfile.open(fileobj=outer.extractfile(layer_name)) as layer:
+            with tarfile.open(fileobj=_member(outer, layer_name)) as layer:
                 try:
                     member = layer.getmember("./" + path.lstrip("/"))
                 except KeyError:
                     continue
                 if member.issym():
                     return image_file(member.linkname, dest, tar_path)
-                data = layer.extractfile(member).read()  # type: ignore[union-attr]
+                data = _member(layer, member).read()
                 dest.write_bytes(data)
                 dest.chmod(0o755)
                 return dest

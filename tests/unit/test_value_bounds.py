@@ -52,6 +52,13 @@ def test_durations_are_finite_and_bounded(value: object) -> None:
         v.parse_seconds("--interval", value)
 
 
+@pytest.mark.parametrize("value", [True, False, None, b"1", [1], "soon"])
+def test_durations_that_are_no_number_say_so(value: object) -> None:
+    # A bool used to be read as nan ("must be a finite number"); bytes and lists were left to float().
+    with pytest.raises(SpecError, match="expected a number of seconds"):
+        v.parse_seconds("--interval", value)
+
+
 def test_durations_zero_only_when_allowed() -> None:
     assert v.parse_seconds("--interval", 0) == 0
     assert v.parse_seconds("--duration", 2.5, allow_zero=False) == 2.5

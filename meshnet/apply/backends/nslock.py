@@ -90,14 +90,12 @@ def locked(netns: Netns, wait: float = WAIT_SECONDS) -> NamespaceLock:
 
 
 def _acquire(netns: Netns, dev: int, ino: int, wait: float) -> int:
-    import fcntl
-
     fd = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_ino != ino:  # the path now names another namespace: never lock the wrong one
             raise ApplyError(f"network namespace {netns.label!r} changed while it was being locked")
         try:
-            _flock(fcntl, fd, netns, wait)
+            _flock(fd, netns, wait)
             return fd
         except OSError:  # flock refused on nsfs (not expected): a lock file in this mount namespace
             pass
@@ -108,16 +106,18 @@ def _acquire(netns: Netns, dev: int, ino: int, wait: float) -> int:
     os.makedirs(FALLBACK_DIR, mode=0o700, exist_ok=True)
     fd = os.open(f"{FALLBACK_DIR}/{dev}-{ino}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _flock(fcntl, fd, netns, wait)
+        _flock(fd, netns, wait)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _flock(fcntl: object, fd: int, netns: Netns, wait: float) -> None:
+def _flock(fd: int, netns: Netns, wait: float) -> None:
     """LOCK_EX with a bounded wait (polling: no threads, no signals)."""
-    flock, ex_nb = fcntl.flock, fcntl.LOCK_EX | fcntl.LOCK_NB  # type: ignore[attr-defined]
+    import fcntl  # lazily: only a namespace writer pays for it
+
+    flock, ex_nb = fcntl.flock, fcntl.LOCK_EX | fcntl.LOCK_NB
     deadline = time.monotonic() + wait
     pause = 0.001
     while True:

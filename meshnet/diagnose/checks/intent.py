@@ -16,6 +16,7 @@ from meshnet.apply.backends import NFTABLES
 from meshnet.lite.records import dataclass, field
 
 if TYPE_CHECKING:
+    from meshnet.plan.model import Family
     from meshnet.state.live import LiveState
 
 # Ports Istio always excludes from inbound capture (status, health, metrics), in both modes.
@@ -90,9 +91,9 @@ _XT_KINDS = {"proto": "proto", "dst": "dst", "src": "src", "out": "oif", "in": "
              "dports": "dport", "uid": "uid", "gid": "gid"}
 
 
-def xt_rules(live: LiveState, backend: str, family: int) -> list[NRule]:
+def xt_rules(live: LiveState, backend: str, family: Family) -> list[NRule]:
     out = []
-    rs = live.ruleset(backend, family)  # type: ignore[arg-type]
+    rs = live.ruleset(backend, family)
     for table in rs.tables.values():
         for chain in table.chains.values():
             for r in chain.rules:

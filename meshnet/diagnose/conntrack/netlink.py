@@ -402,8 +402,9 @@ class CtSocket:
             break
         return out
 
-    def events(self, timeout: float) -> Iterator[tuple[str, CtEntry]]:
-        """Yield ("new"|"update"|"destroy", entry) until `timeout` seconds have passed."""
+    def events(self, timeout: float) -> Iterator[tuple[str, CtEntry | None]]:
+        """Yield ("new"|"update"|"destroy", entry) until `timeout` seconds have passed, and
+        ("overrun", None) when the kernel dropped events (the socket buffer was full)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -416,7 +417,7 @@ class CtSocket:
                 buf = self.sock.recv(1 << 20)
             except OSError as ex:
                 if ex.errno == errno.ENOBUFS:
-                    yield "overrun", None  # type: ignore[misc]
+                    yield "overrun", None
                     continue
                 raise
             pos = 0

@@ -27,9 +27,9 @@ def watch(ns: Netns, duration: float, emit: Callable[[dict[str, Any]], None], ha
     stats = CtSocket(ns)
     try:
         groups: dict[GroupKey, dict[int, CtEntry]] = {}
-        for e in stats.dump(keep_all_nat=True).nat:
-            if e.dst_rewritten:
-                groups.setdefault(e.group_key, {})[e.dport] = e
+        for seed in stats.dump(keep_all_nat=True).nat:
+            if seed.dst_rewritten:
+                groups.setdefault(seed.group_key, {})[seed.dport] = seed
         base = _drops(stats)
         reported: set[tuple[GroupKey, int]] = set()  # (group, original dport): one connection
         pending: dict[tuple[GroupKey, int], tuple[float, CtEntry]] = {}
@@ -48,7 +48,7 @@ def watch(ns: Netns, duration: float, emit: Callable[[dict[str, Any]], None], ha
             if left <= 0:
                 break
             for kind, e in events.events(min(left, 0.25)):
-                if kind == "overrun":
+                if e is None:  # "overrun"
                     report("watch-overrun", "warning", "event buffer overrun: some events were lost", [])
                     continue
                 if not e.dst_rewritten:

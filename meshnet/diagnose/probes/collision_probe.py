@@ -18,7 +18,10 @@ import random
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet  # no type information: Any to the checker
 
 
 def hold(target: str, port: int, sport: int, timeout: float) -> tuple[socket.socket | None, dict[str, Any]]:
@@ -53,9 +56,9 @@ def syn_probe(target: str, port: int, sport: int, timeout: float) -> dict[str, A
     v6 = ":" in target
     iface = (conf.route6.route(target)[0] if v6 else conf.route.route(target)[0])
 
-    def mine(p: object) -> bool:
-        ip = p.getlayer(IPv6 if v6 else IP)  # type: ignore[attr-defined]
-        tcp = p.getlayer(TCP)  # type: ignore[attr-defined]
+    def mine(p: Packet) -> bool:
+        ip = p.getlayer(IPv6 if v6 else IP)
+        tcp = p.getlayer(TCP)
         return ip is not None and tcp is not None and ip.src == target and tcp.dport == sport
 
     sniffer = AsyncSniffer(iface=iface, lfilter=mine, store=True)
