@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ from meshnet.diagnose.conntrack.entry import CtEntry  # noqa: E402
 from meshnet.diagnose.conntrack.netlink import CtSocket  # noqa: E402
 
 
-def entries(n: int):
+def entries(n: int) -> Iterator[CtEntry]:
     for i in range(n):
         client = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}"
         sp = 1024 + i % 60000
@@ -73,7 +74,7 @@ def main() -> int:
         fill = time.perf_counter() - t
         ours = [sys.executable, "-m", "meshnet.cli.conntrack_cmd", "analyze", "--netns", name]
         theirs = ["nsenter", f"--net=/run/netns/{name}", "conntrack", "-L"]
-        rows = {"meshnet conntrack analyze --netns": [], "conntrack -L > /dev/null": []}
+        rows: dict[str, list[float]] = {"meshnet conntrack analyze --netns": [], "conntrack -L > /dev/null": []}
         rss = 0
         rc = None
         for _ in range(args.repeat):  # interleaved, so load changes hit both alike

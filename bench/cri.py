@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -37,7 +38,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def agent(node: CriNode) -> object:
+def agent(node: CriNode) -> Iterator[subprocess.Popen[bytes]]:
     """`meshnet cni agent` in the node's namespace, as the DaemonSet's agent container (hostNetwork)."""
     meshnet = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "meshnet"
     # nsenter, not `ip netns exec`: a mount namespace of its own would not see containerd's netns mounts
