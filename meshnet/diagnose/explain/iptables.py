@@ -107,7 +107,7 @@ class IptablesFamily:
             return Step(Outcome.UNCERTAIN, hop=str(exc))
 
     def _target(self, rule: Rule, state: PathState, table: str, chain: str) -> Step:
-        target = rule.target
+        target = rule.target.canonical()  # the kernel's spelling: a plan's `--to-port` reads as `--to-ports`
         name = target.name
         p = state.packet
         if target.is_jump_to_chain:
