@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Set as AbstractSet
 
 from meshnet.lite.records import dataclass, field
+from meshnet.plan.match_kinds import KINDS
 
 ALL = None  # "every destination port" in a port set
 
@@ -115,6 +116,11 @@ def parse_iptables_save(text: str, backend: str = "iptables") -> dict[str, dict[
     return tables
 
 
+# How iptables-save spells a destination port and the protocol: from the match kinds' table.
+_DPORT_OPTIONS = frozenset(opt for kind in ("dport", "dports") for _, opt in KINDS[kind].options)
+_PROTO_OPTIONS = frozenset(KINDS["proto"].core)
+
+
 def _ipt_rule(args: list[str], text: str) -> _Rule:
     dports: frozenset[int] | None = None
     neg = False
@@ -124,11 +130,11 @@ def _ipt_rule(args: list[str], text: str) -> _Rule:
     while i < len(args):
         a = args[i]
         nxt = args[i + 1] if i + 1 < len(args) else ""
-        if a == "!" and nxt in ("--dport", "--dports", "--destination-port"):
+        if a == "!" and nxt in _DPORT_OPTIONS:
             neg = True
-        elif a == "-p":
+        elif a in _PROTO_OPTIONS:
             proto = nxt
-        elif a in ("--dport", "--dports", "--destination-port") and nxt:
+        elif a in _DPORT_OPTIONS and nxt:
             dports = _ports(nxt)
         elif a in ("-j", "-g"):
             target = nxt
