@@ -35,7 +35,7 @@ class _ScanContext:
 _scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed context, as json's
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes | bytearray) -> Any:
     if isinstance(text, bytes | bytearray):
         text = text.decode("utf-8")
     start = len(text) - len(text.lstrip(_WHITESPACE))

@@ -60,7 +60,7 @@ class MetricsAgent:
                                           str(socket_path), "--workers", "2", "--metrics-port", f"127.0.0.1:{PORT}",
                                           "--doctor-interval", str(interval)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         line = self.proc.stdout.readline().strip()
         assert line == "READY", f"agent did not start: {line!r} {self.proc.stderr.read() if line == '' else ''}"
         self.socket = socket_path

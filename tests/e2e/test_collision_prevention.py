@@ -18,7 +18,7 @@ from harness.cni_helpers import SIDECAR, CniNode, build_cnirun, build_plugin
 from harness.topology import Topology, is_root
 
 from meshnet.apply import collision_prevention as cp
-from meshnet.diagnose.checks import Context
+from meshnet.diagnose.checks import Context, Finding
 from meshnet.diagnose.checks import collision_prevention as check
 from meshnet.diagnose.conntrack.netlink import TableScan
 from meshnet.diagnose.conntrack.rules import analyze_iptables
@@ -117,24 +117,25 @@ class _Here:
         return True
 
 
-def _findings(kernel: str, demux: int, writable: bool, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def _findings(kernel: str, demux: int, writable: bool, monkeypatch: pytest.MonkeyPatch) -> list[Finding]:
     snap = Snapshot(source="test", scan=TableScan(), kernel=kernel, early_demux=demux,
                     rules=analyze_iptables(ISTIO_NAT))
     monkeypatch.setattr(check, "_writable", lambda ctx: writable)
     monkeypatch.setattr(check, "recorded_value", lambda ns: 1)
+    # ignore: _Here stands in for a Netns (label and is_current are all the check reads)
     return check.run(Context(_Here(), None, conntrack=snap))  # type: ignore[arg-type]
 
 
 def test_doctor_recommends_what_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     [node] = _findings("6.1.0-56-amd64", 1, True, monkeypatch)
-    assert (node.kind, node.severity) == ("collision-prevention", "warning")  # type: ignore[attr-defined]
-    assert "--prevent-tuple-collision=early-demux" in node.fix  # type: ignore[attr-defined]
+    assert (node.kind, node.severity) == ("collision-prevention", "warning")
+    assert "--prevent-tuple-collision=early-demux" in node.fix
     [pod] = _findings("6.1.0-56-amd64", 1, False, monkeypatch)
-    assert "securityContext.sysctls" in pod.fix and "--allowed-unsafe-sysctls" in pod.fix  # type: ignore[attr-defined]
+    assert "securityContext.sysctls" in pod.fix and "--allowed-unsafe-sysctls" in pod.fix
     [done] = _findings("6.1.0-56-amd64", 0, False, monkeypatch)
-    assert done.severity == "info" and "in place" in done.summary and "set by meshnet" in done.summary  # type: ignore[attr-defined]
+    assert done.severity == "info" and "in place" in done.summary and "set by meshnet" in done.summary
     [fixed] = _findings("6.18.44", 1, True, monkeypatch)
-    assert fixed.severity == "info" and "no prevention needed" in fixed.summary  # type: ignore[attr-defined]
+    assert fixed.severity == "info" and "no prevention needed" in fixed.summary
 
 
 # ------------------------------------------------------------------ real namespaces

@@ -53,8 +53,8 @@ def tool(variant: str, family: int, suffix: str = "") -> str:
 
 def load_corpus(ns: Netns, variant: str, families: tuple[int, ...] = (4, 6)) -> list[str]:
     """Load every entry the kernel accepts; returns the skipped ones with the kernel's reason."""
-    for name, fam in ((SET4, "inet"), (SET6, "inet6")):
-        ns.run(["ipset", "create", name, "hash:ip", "family", fam, "-exist"])
+    for name, set_family in ((SET4, "inet"), (SET6, "inet6")):
+        ns.run(["ipset", "create", name, "hash:ip", "family", set_family, "-exist"])
     skipped: list[str] = []
     for fam in families:
         for table in ("filter", "nat"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import parse_nameservers
@@ -55,7 +56,13 @@ CASES = [
     Case("drop-invalid", ["--drop-invalid"]),
 ]
 
-CNI_CASES = {
+class CniCase(TypedDict):
+    annotations: dict[str, str]  # the pod's
+    uid: NotRequired[int]  # the proxy's uid and gid, when not Istio's 1337
+    gid: NotRequired[int]
+
+
+CNI_CASES: dict[str, CniCase] = {
     "basic": {"annotations": {}},
     "include-exclude-ports": {"annotations": {
         "traffic.sidecar.istio.io/includeInboundPorts": "1111,2222",

@@ -15,6 +15,7 @@ only), so a reconcile also removes a whole family's rules and its routing.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -154,7 +155,7 @@ def test_concurrent_ambient_writers_serialise(pod: Netns, backend: str) -> None:
             return cleanup_ambient(pod).message
         return apply_ambient(pod, spec, backend=backend, reconcile=spec is B).message
 
-    outcomes = run_forked([lambda s=s: job(s) for s in plan])
+    outcomes = run_forked([functools.partial(job, s) for s in plan])
     assert [o.line for o in outcomes if o.code == 3] == []
     for o, spec in zip(outcomes, plan, strict=True):
         assert "\n" not in o.line.strip(), o.line

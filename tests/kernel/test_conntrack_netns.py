@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from harness.ct_scenarios import (
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.netns
 COLLISION_KINDS = {"tuple-collision", "collision-hang", "collision-race-drops"}
 
 
-def _seq(topo: Topology, sport: int, transparent: bool = False):
+def _seq(topo: Topology, sport: int, transparent: bool = False) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     hold_server(topo, transparent=transparent)
     cli = seq_client(topo, sport)
     a = json.loads(readline(cli, 5))
@@ -79,7 +80,7 @@ def test_hang_with_transparent_listener_reports_collision_hang(topology: Topolog
     assert not b["ok"] and "timed out" in b["error"], b
 
 
-def _collisions(data: dict) -> dict[str, str]:
+def _collisions(data: dict[str, Any]) -> dict[str, str]:
     """client -> kind, one entry per collision finding (each finding must name exactly one group)."""
     out = {}
     for f in data["findings"]:

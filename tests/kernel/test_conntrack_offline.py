@@ -18,15 +18,16 @@ from meshnet.diagnose.conntrack.textparse import parse_lines
 pytestmark = pytest.mark.netns
 
 
-def _capture(topo: Topology, tmp_path: Path) -> dict[str, Path]:
-    """Reproduce the remap collision, then save the table the ways a support bundle would."""
+def _capture(topo: Topology, tmp_path: Path) -> tuple[dict[str, Path], int]:
+    """Reproduce the remap collision, then save the table the ways a support bundle would; the files,
+    and the source port the kernel gave the colliding connection."""
     install_redirect(topo.pod)
     hold_server(topo)
     cli = seq_client(topo, 40000)
     assert json.loads(readline(cli, 5))["ok"]
     b = json.loads(readline(cli, 5))
     assert b["ok"], b
-    files = {}
+    files: dict[str, Path] = {}
     for name, argv in (("plain", ["conntrack", "-L"]), ("extended", ["conntrack", "-L", "-o", "extended"])):
         out = topo.pod.run(argv).stdout
         stats = topo.pod.run(["conntrack", "-S"]).stdout
@@ -37,13 +38,11 @@ def _capture(topo: Topology, tmp_path: Path) -> dict[str, Path]:
         files["proc"].write_text(topo.pod.read_proc_net("nf_conntrack"))
     except FileNotFoundError:
         files.pop("proc")  # kernel without CONFIG_NF_CONNTRACK_PROCFS
-    files["new_port"] = b["server"]["peer"][1]  # type: ignore[assignment]
-    return files
+    return files, int(b["server"]["peer"][1])
 
 
 def test_offline_formats_give_the_live_finding(topology: Topology, tmp_path: Path) -> None:
-    files = _capture(topology, tmp_path)
-    new_port = files.pop("new_port")
+    files, new_port = _capture(topology, tmp_path)
     rc_live, live, _ = analyze("--netns", topology.pod.path)
     live_c = finding(live, "tuple-collision")["details"]["collisions"]
     if "proc" not in files:
@@ -84,7 +83,7 @@ def _mixed_entries(n: int) -> list[CtEntry]:
     return out
 
 
-def _key(e: CtEntry) -> tuple:
+def _key(e: CtEntry) -> tuple[object, ...]:
     return (e.family, e.proto, e.src, e.dst, e.sport, e.dport, e.rsrc, e.rdst, e.rsport, e.rdport, e.state,
             e.unreplied, e.assured)
 

@@ -10,16 +10,18 @@ with success or one clear line.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from harness.fault_helpers import ALL_BACKENDS, REDIRECT, TPROXY, assert_exactly, make_spec, run_forked
+from harness.fault_helpers import ALL_BACKENDS, REDIRECT, TPROXY, Outcome, assert_exactly, make_spec, run_forked
 from harness.topology import Topology
 
 from meshnet.apply.applier import apply_spec, cleanup
 from meshnet.apply.netns import Netns
+from meshnet.spec.spec import Spec
 
 pytestmark = pytest.mark.netns
 WRITERS = 20
@@ -31,7 +33,7 @@ def pod() -> Iterator[Netns]:
         yield topo.pod
 
 
-def _ok(outcomes: list) -> None:  # type: ignore[type-arg]
+def _ok(outcomes: list[Outcome]) -> None:
     bugs = [o.line for o in outcomes if o.code == 3]
     assert bugs == [], bugs[0]
     for o in outcomes:
@@ -72,14 +74,14 @@ def test_different_specs_first_wins_others_report_drift(pod: Netns, backend: str
 def test_different_specs_with_reconcile_and_cleanup_interleaved(pod: Netns, backend: str) -> None:
     """Writers alternate TPROXY / REDIRECT with --reconcile, every fourth is a cleanup: the last one wins."""
     tproxy, redirect = make_spec(TPROXY, pod), make_spec(REDIRECT, pod)
-    plan = [None if i % 4 == 3 else (tproxy if i % 2 else redirect) for i in range(WRITERS)]
+    plan: list[Spec | None] = [None if i % 4 == 3 else (tproxy if i % 2 else redirect) for i in range(WRITERS)]
 
-    def job(spec: object) -> str:
+    def job(spec: Spec | None) -> str:
         if spec is None:
             return cleanup(pod).message
-        return apply_spec(pod, spec, backend=backend, reconcile=True).message  # type: ignore[arg-type]
+        return apply_spec(pod, spec, backend=backend, reconcile=True).message
 
-    outcomes = run_forked([lambda s=s: job(s) for s in plan])
+    outcomes = run_forked([functools.partial(job, s) for s in plan])
     _ok(outcomes)
     assert [o.code for o in outcomes] == [0] * WRITERS, [o.line for o in outcomes if o.code]
     last = max(range(WRITERS), key=lambda i: outcomes[i].finished)

@@ -16,6 +16,7 @@ and at the end, apply / reconcile / cleanup must repair the state exactly (routi
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import select
@@ -159,7 +160,7 @@ def test_kill_during_reconcile_never_blackholes(lab: Topology, backend: str) -> 
     for i in range(KILLS):
         target = specs[i % 2]
         delay = rng.uniform(0, duration * 1.1)
-        killed += run_killed(lambda t=target: apply_spec(pod, t, backend=backend, reconcile=True), delay,
+        killed += run_killed(functools.partial(apply_spec, pod, target, backend=backend, reconcile=True), delay,
                              group=bool((i // 2) % 2))
         _after_kill(lab, target, f"seed {SEED} reconcile kill {i} at {delay * 1000:.0f} ms")
         if i % REPAIR_EVERY == REPAIR_EVERY - 1:

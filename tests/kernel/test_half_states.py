@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from harness.topology import Topology
@@ -43,7 +44,7 @@ def ready(t: Topology, spec: Spec, backend: str = "iptables-nft", transparent: b
     t.start_server(t.pod, "proxy", tcp_ports=PROXY_TCP, uid=1337, transparent=transparent)
 
 
-def status_json(t: Topology) -> tuple[int, dict[str, object]]:
+def status_json(t: Topology) -> tuple[int, dict[str, Any]]:
     cp = meshnet("status", "--netns", t.pod.label, "--json")
     assert cp.returncode in (0, 1), cp.stderr
     return cp.returncode, json.loads(cp.stdout)
@@ -81,8 +82,8 @@ def test_leftover_guardrails_are_a_critical_pod_blackholed_finding(topo: Topolog
     assert all(e.startswith(where) for e in found["leftover-guardrails"]), found
     code, doc = status_json(topo)
     assert code == 1 and doc["in_sync"] is False and doc["healthy"] is False
-    assert [f["kind"] for f in doc["findings"]] == ["leftover-guardrails"]  # type: ignore[index]
-    assert "pod blackholed" in doc["findings"][0]["summary"]  # type: ignore[index]
+    assert [f["kind"] for f in doc["findings"]] == ["leftover-guardrails"]
+    assert "pod blackholed" in doc["findings"][0]["summary"]
     cp = meshnet("doctor", "--netns", topo.pod.label, "--host-netns", quiet_host.path)
     assert cp.returncode == 1 and "pod blackholed" in cp.stdout
 
@@ -112,7 +113,7 @@ def test_istio_policy_routing_without_tproxy_rules_is_an_orphan(topo: Topology, 
         "mark 0x539 in IPv6"]
     code, doc = status_json(topo)  # a warning: listed, not "out of sync"
     assert (code, doc["in_sync"], doc["healthy"]) == (0, True, False)
-    assert [f["kind"] for f in doc["findings"]] == ["tproxy-routing-orphan"]  # type: ignore[index]
+    assert [f["kind"] for f in doc["findings"]] == ["tproxy-routing-orphan"]
     topo.pod.run(["ip", "-6", "rule", "del", "fwmark", "1337", "lookup", "133"])
     # What `-m TPROXY -r 255` used to leave after cleanup (issue 10, defect 6): Istio's mark, table local.
     topo.pod.run(["ip", "rule", "add", "fwmark", "1337", "lookup", "local"])
@@ -145,7 +146,7 @@ def test_tproxy_rules_without_ipv6_routing_are_reported_by_status_too(topo: Topo
     assert set(found) == {"tproxy-routing-missing"}, found
     assert all("IPv6" in e for e in found["tproxy-routing-missing"])
     code, doc = status_json(topo)
-    assert code == 1 and [f["kind"] for f in doc["findings"]] == ["tproxy-routing-missing"]  # type: ignore[index]
+    assert code == 1 and [f["kind"] for f in doc["findings"]] == ["tproxy-routing-missing"]
 
 
 # --------------------------------------------------------------- IPv4-only in a dual-stack pod

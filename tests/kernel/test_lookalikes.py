@@ -80,13 +80,13 @@ def pod(variant: str) -> Iterator[Topology]:
             ns.run([tool(variant, fam), "-w", "10", "-t", "mangle", "-N", "MN_USER"])
             for table, chain, args in LOOKALIKE_RULES:
                 ns.run([tool(variant, fam), "-w", "10", "-t", table, "-A", chain, *args.split()])
-        for fam, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-            ns.run(["ip", fam, "rule", "add", "fwmark", "0x1", "lookup", "100"])
-            ns.run(["ip", fam, "route", "add", "local", default, "dev", "lo", "table", "100"])
+        for ip_fam, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+            ns.run(["ip", ip_fam, "rule", "add", "fwmark", "0x1", "lookup", "100"])
+            ns.run(["ip", ip_fam, "route", "add", "local", default, "dev", "lo", "table", "100"])
             # Istio's own table and mark, but not Istio's shape: a mask, an input interface.
-            ns.run(["ip", fam, "rule", "add", "fwmark", "0x539/0xff", "lookup", "133"])
-            ns.run(["ip", fam, "rule", "add", "fwmark", "0x539", "iif", "eth1", "lookup", "133"])
-            ns.run(["ip", fam, "route", "add", "local", default, "dev", "lo", "table", "133"])
+            ns.run(["ip", ip_fam, "rule", "add", "fwmark", "0x539/0xff", "lookup", "133"])
+            ns.run(["ip", ip_fam, "rule", "add", "fwmark", "0x539", "iif", "eth1", "lookup", "133"])
+            ns.run(["ip", ip_fam, "route", "add", "local", default, "dev", "lo", "table", "133"])
         yield topo
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from harness.topology import Topology, connect, ns_names
@@ -104,7 +105,7 @@ def test_socket_is_created_in_the_namespace(topology: Topology) -> None:
         s.listen(1)
         port = s.getsockname()[1]
         # The fd works from this (never switched) thread: the peer reaches it through the veth.
-        result: dict = {}
+        result: dict[str, Any] = {}
         t = threading.Thread(target=lambda: result.update(connect(topology.peer, pod_ip, port)))
         t.start()
         s.settimeout(5)

@@ -12,7 +12,7 @@ FILES = ("fib_trie", "if_inet6", "ip_tables_names", "ip6_tables_names")
 
 def test_prefetched_content_equals_direct_reads(topology) -> None:  # type: ignore[no-untyped-def]
     pod: Netns = topology.pod
-    direct = {}
+    direct: dict[str, str | None] = {}
     for name in FILES:
         try:
             direct[name] = pod.read_proc_net(name)

@@ -7,6 +7,7 @@ expressions and that unknown expressions are kept and flagged, never dropped.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from harness.golden_cases import CASES, Case, golden_path
@@ -63,12 +64,12 @@ def test_round_trip_detects_a_changed_rule() -> None:
     assert any("tcp dport 32001" in r.matches for r in live.rules("nat", "istio-inbound"))
 
 
-def _m(left: dict[str, object], right: object, op: str = "==") -> dict[str, object]:
+def _m(left: dict[str, object], right: object, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
 def test_expression_spelling() -> None:
-    exprs = [
+    exprs: list[dict[str, Any]] = [
         _m({"meta": {"key": "oifname"}}, "lo"),
         _m({"payload": {"protocol": "ip6", "field": "daddr"}}, "::1", "!="),
         _m({"payload": {"protocol": "tcp", "field": "dport"}}, {"set": [53, 15008]}, "!="),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from typing import Any
 
 import pytest
 from harness.ct_scenarios import PROBE_CLI, ROOT, hold_server, install_redirect, install_tproxy
@@ -13,7 +14,7 @@ from harness.topology import Topology
 pytestmark = pytest.mark.netns
 
 
-def probe(*args: str) -> tuple[int, dict, str]:
+def probe(*args: str) -> tuple[int, dict[str, Any], str]:
     cp = subprocess.run([*PROBE_CLI, *args, "--json"], capture_output=True, text=True, timeout=90, cwd=ROOT,
                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     return cp.returncode, (json.loads(cp.stdout) if cp.stdout.strip() else {}), cp.stderr

@@ -12,14 +12,20 @@ from meshnet.apply.netns import Netns
 pytestmark = pytest.mark.netns
 
 
+def v6(addr: str | None) -> str:
+    """The address of a link made with IPv6 (every link here but test_ipv4_only's)."""
+    assert addr is not None
+    return addr
+
+
 def test_layout(topology: Topology) -> None:
     assert topology.pod.label.startswith("mn-") and topology.peer.label.startswith("mn-")
     assert set(topology.names) <= ns_names()
     pod_addrs = topology.pod.run(["ip", "-br", "addr"]).stdout
-    assert f"{topology.pod_ip4}/24" in pod_addrs and f"{topology.pod_ip6}/64" in pod_addrs
-    assert topology.pod_ip4.startswith("10.") and topology.pod_ip6.startswith("fd00:")
+    assert f"{topology.pod_ip4}/24" in pod_addrs and f"{v6(topology.pod_ip6)}/64" in pod_addrs
+    assert topology.pod_ip4.startswith("10.") and v6(topology.pod_ip6).startswith("fd00:")
     peer_addrs = topology.peer.run(["ip", "-br", "addr"]).stdout
-    assert f"{topology.peer_ip4}/24" in peer_addrs and f"{topology.peer_ip6}/64" in peer_addrs
+    assert f"{topology.peer_ip4}/24" in peer_addrs and f"{v6(topology.peer_ip6)}/64" in peer_addrs
     for ns in (topology.pod, topology.peer):
         assert (
             "UP" in ns.run(["ip", "-br", "link", "show", "lo"]).stdout
@@ -29,7 +35,7 @@ def test_layout(topology: Topology) -> None:
         assert "default" not in ns.run(["ip", "-6", "route"]).stdout
     # IPv6 usable immediately (nodad): no tentative address.
     lines = topology.pod.run(["ip", "-6", "-o", "addr"]).stdout.splitlines()
-    assert not [ln for ln in lines if topology.pod_ip6 in ln and "tentative" in ln]
+    assert not [ln for ln in lines if v6(topology.pod_ip6) in ln and "tentative" in ln]
 
 
 def test_comes_up_fast_and_cleans_up() -> None:
@@ -82,15 +88,15 @@ def test_extra_ifaces() -> None:
         topo.start_server(eth1.peer, "third", tcp_ports=[80])
         topo.start_server(topo.peer, "peer", tcp_ports=[80])
         assert connect(topo.pod, eth1.peer_ip4, 80)["name"] == "third"
-        assert connect(topo.pod, eth1.peer_ip6, 80)["name"] == "third"
+        assert connect(topo.pod, v6(eth1.peer_ip6), 80)["name"] == "third"
         assert connect(topo.pod, topo.peer_ip4, 80)["name"] == "peer"
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_connect_lands_on_peer(topology: Topology, family: str, proto: str) -> None:
-    dst = topology.peer_ip4 if family == "v4" else topology.peer_ip6
-    src = topology.pod_ip4 if family == "v4" else topology.pod_ip6
+    dst = topology.peer_ip4 if family == "v4" else v6(topology.peer_ip6)
+    src = topology.pod_ip4 if family == "v4" else v6(topology.pod_ip6)
     kw = {"tcp_ports": [8080]} if proto == "tcp" else {"udp_ports": [8080]}
     server = topology.start_server(topology.peer, "peer", uid=1000, **kw)
     assert server.alive()
@@ -127,7 +133,7 @@ def test_redirect_output_gives_orig_dst(topology: Topology) -> None:
     pod = topology.pod
     topology.start_server(pod, "proxy", tcp_ports=[15001], udp_ports=[15053], uid=1337)
     topology.start_server(topology.peer, "peer", tcp_ports=[8080], udp_ports=[53])
-    for tool, dst in (("iptables-nft", topology.peer_ip4), ("ip6tables-nft", topology.peer_ip6)):
+    for tool, dst in (("iptables-nft", topology.peer_ip4), ("ip6tables-nft", v6(topology.peer_ip6))):
         pod.run([tool, "-w", "-t", "nat", "-A", "OUTPUT", "-m", "owner", "--uid-owner", "1337",
                  "-j", "RETURN"])  # fmt: skip
         pod.run([tool, "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst, "-j", "REDIRECT",
@@ -138,7 +144,7 @@ def test_redirect_output_gives_orig_dst(topology: Topology) -> None:
     assert "15001" in pod.run(["iptables-nft-save", "-t", "nat"]).stdout
     assert "15001" not in topology.peer.run(["iptables-nft-save", "-t", "nat"]).stdout
 
-    for dst, loopback in ((topology.peer_ip4, "127.0.0.1"), (topology.peer_ip6, "::1")):
+    for dst, loopback in ((topology.peer_ip4, "127.0.0.1"), (v6(topology.peer_ip6), "::1")):
         r = connect(pod, dst, 8080, uid=1000)
         assert r.get("name") == "proxy", r
         assert r["orig_dst"] == [dst, 8080]
@@ -163,7 +169,7 @@ def test_redirect_prerouting_inbound(topology: Topology) -> None:
     r = connect(topology.peer, topology.pod_ip4, 9080)
     assert r.get("name") == "inbound", r
     assert r["orig_dst"] == [topology.pod_ip4, 9080] and r["local"] == [topology.pod_ip4, 15006]
-    r = connect(topology.peer, topology.pod_ip6, 9080)  # no ip6tables rule: lands on the app
+    r = connect(topology.peer, v6(topology.pod_ip6), 9080)  # no ip6tables rule: lands on the app
     assert r.get("name") == "app" and r["orig_dst"] is None, r
 
 

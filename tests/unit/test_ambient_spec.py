@@ -85,6 +85,7 @@ def test_cni_ambient_section_and_enrolment() -> None:
     assert not pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}, labels={}), cfg)
     assert pod_enrolled(PodInfo("other", "a", labels={mode: "ambient"}), cfg)
     assert not pod_enrolled(PodInfo("mesh", "a", annotations={"sidecar.istio.io/status": "{}"}), cfg)
+    bad: object
     for bad in ({"namespaces": "mesh"}, {"state_dir": "rel"}, {"host_probes": "yes"}, {"redirect_dns": "maybe"},
                 {"bogus": 1}, []):
         with pytest.raises(SpecError):

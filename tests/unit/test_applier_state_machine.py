@@ -54,7 +54,7 @@ class StubBackend:
         self.calls.append("repair")
         return self.repairs
 
-    def cleanup(self, netns: Netns, marks: set[int] | None = None) -> list[str]:
+    def cleanup(self, netns: Netns, marks: set[int] | None = None, spec: object = None) -> list[str]:
         self.calls.append("cleanup")
         return []
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import pytest
@@ -115,7 +116,7 @@ def test_a_bool_flag_never_takes_a_separate_word(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize("command", ["istio-iptables -n", "render --format transcript"])
 def test_bool_spellings_mean_what_they_mean_in_istio(capsys: pytest.CaptureFixture[str], command: str,
-                                                      tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.96.0.10\n")
     monkeypatch.setenv("MESHNET_RESOLV_CONF", str(resolv))

@@ -67,7 +67,7 @@ def test_rules_istio_goldens() -> None:
     assert tp.inbound_funnels == [] and tp.tproxy_inbound
     ports = analyze_iptables("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp --dport 80 -j REDIRECT "
                              "--to-ports 15006\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n")
-    assert ports.inbound_funnels == [] and ports.captures[0].dports == {80}  # one port: no funnel
+    assert ports.inbound_funnels == [] and ports.captures[0].dports == frozenset({80})  # one port: no funnel
     assert ports.snat
 
 

@@ -44,9 +44,9 @@ def test_outbound_and_inbound_verdicts() -> None:
 
 def test_excluded_cidr_negation_and_ports() -> None:
     rs = ruleset("-x", "10.96.0.0/12", "-o", "3306")
-    assert explain(rs, "tcp 10.0.0.5:1 -> 10.96.0.10:80 out uid=1000").verdict.kind == "pass"  # type: ignore[union-attr]
-    assert explain(rs, "tcp 10.0.0.5:1 -> 10.200.0.1:3306 out uid=1000").verdict.kind == "pass"  # type: ignore[union-attr]
-    assert explain(rs, "tcp 10.0.0.5:1 -> 10.200.0.1:3307 out uid=1000").verdict.kind == "redirect"  # type: ignore[union-attr]
+    assert explain(rs, "tcp 10.0.0.5:1 -> 10.96.0.10:80 out uid=1000").verdict.kind == "pass"
+    assert explain(rs, "tcp 10.0.0.5:1 -> 10.200.0.1:3306 out uid=1000").verdict.kind == "pass"
+    assert explain(rs, "tcp 10.0.0.5:1 -> 10.200.0.1:3307 out uid=1000").verdict.kind == "redirect"
 
 
 def test_nat_only_sees_new_connections() -> None:

@@ -64,7 +64,7 @@ def test_importing_it_does_not_import_subprocess() -> None:
 def test_unsupported_subprocess_options_are_type_errors() -> None:
     for option in ({"check": True}, {"shell": True}, {"cwd": "/"}, {"capture_output": True}):
         with pytest.raises(TypeError):
-            spawn.run(["true"], **option)  # type: ignore[arg-type]
+            spawn.run(["true"], **option)
 
 
 def test_missing_or_unrunnable_program_raises_what_subprocess_raises(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ only base chains with iptables' builtin names (a chain someone created with nft 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from meshnet.apply.netns import Netns, NetnsError
 from meshnet.plan.model import BUILTIN_CHAINS, Family
@@ -37,9 +37,9 @@ def prune_empty(netns: Netns, family: Family, tables: dict[str, set[str] | None]
         netns.run(["nft", "-f", "-"], input="\n".join(cmds) + "\n", check=False, timeout=30)
 
 
-def _prune_cmds(fam: str, table: str, items: Iterable[dict[str, dict[str, object]]],
+def _prune_cmds(fam: str, table: str, items: Iterable[Mapping[str, Mapping[str, object]]],
                 only: set[str] | None) -> list[str]:
-    chains: dict[str, dict[str, object]] = {}
+    chains: dict[str, Mapping[str, object]] = {}
     rule_count: dict[str, int] = {}
     other = False
     for item in items:
