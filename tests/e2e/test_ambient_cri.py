@@ -89,7 +89,7 @@ def _run(node: Node, name: str, namespace: str, annotations: dict[str, str] | No
     return node.crinode(*args)
 
 
-def test_agent_programs_enrolled_pods_and_reconciles_after_restart(ambient_node) -> None:  # type: ignore[no-untyped-def]
+def test_agent_programs_enrolled_pods_and_reconciles_after_restart(ambient_node: tuple[Node, Path, Path]) -> None:
     node, conflist, sock = ambient_node
     agent = Agent(node, conflist, sock)
     try:

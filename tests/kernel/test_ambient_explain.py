@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from harness.topology import Topology
 
 from meshnet.ambient.apply import apply_ambient
 from meshnet.ambient.spec import AmbientSpec
@@ -25,7 +26,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("backend", ["iptables-legacy", "iptables-nft", "nftables"])
-def test_explain_follows_ambient_rules(topology, backend: str) -> None:  # type: ignore[no-untyped-def]
+def test_explain_follows_ambient_rules(topology: Topology, backend: str) -> None:
     apply_ambient(topology.pod, AmbientSpec(redirect_dns=True), backend=backend)
     for packet, kind, port in CASES:
         out = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "explain", "--json", "--netns",
@@ -46,7 +47,7 @@ def _doctor(ns_path: str) -> str:
 
 
 @pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
-def test_status_and_doctor_see_ambient_routing_as_ambients(topology, backend: str) -> None:  # type: ignore[no-untyped-def]
+def test_status_and_doctor_see_ambient_routing_as_ambients(topology: Topology, backend: str) -> None:
     from meshnet.apply.applier import status
 
     pod = topology.pod

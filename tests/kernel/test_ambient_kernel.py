@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from harness.ambient_cases import AMBIENT_CASES, AmbientCase
+from harness.topology import Topology
 
 from meshnet.ambient.nft_builder import build_host_nft, build_inpod_nft
 from meshnet.ambient.spec import PROBE_IPSET
@@ -36,7 +37,7 @@ def _ipsets(ns: Netns) -> None:
 
 @pytest.mark.parametrize("variant", ["legacy", "nft"])
 @pytest.mark.parametrize("case", AMBIENT_CASES, ids=lambda c: c.name)
-def test_restore_loads_and_parses_back_equal(case: AmbientCase, variant: str, topology) -> None:  # type: ignore[no-untyped-def]
+def test_restore_loads_and_parses_back_equal(case: AmbientCase, variant: str, topology: Topology) -> None:
     ns = topology.pod
     if case.host:
         _ipsets(ns)
@@ -61,7 +62,7 @@ def _nft_sets(enable_ipv6: bool) -> str:
 
 
 @pytest.mark.parametrize("case", AMBIENT_CASES, ids=lambda c: c.name)
-def test_nft_transaction_loads_and_parses_back_equal(case: AmbientCase, topology) -> None:  # type: ignore[no-untyped-def]
+def test_nft_transaction_loads_and_parses_back_equal(case: AmbientCase, topology: Topology) -> None:
     ns = topology.pod
     spec = case.spec("nftables")
     plan = build_host_nft(spec) if case.host else build_inpod_nft(spec)
@@ -79,7 +80,7 @@ def test_nft_transaction_loads_and_parses_back_equal(case: AmbientCase, topology
     assert ns.run(["nft", "-s", "list", "ruleset"]).stdout == listing
 
 
-def test_drift_is_seen_on_ambient_rules(topology) -> None:  # type: ignore[no-untyped-def]
+def test_drift_is_seen_on_ambient_rules(topology: Topology) -> None:
     """A changed live rule is reported, in both parsers (the comparison is not vacuous)."""
     ns = topology.pod
     case = next(c for c in AMBIENT_CASES if c.name == "default")

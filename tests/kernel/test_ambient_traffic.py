@@ -10,6 +10,8 @@ set, so a locally originated connection (a socket exists: kubelet's probe) is SN
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from harness.topology import Topology, connect
 
@@ -23,7 +25,7 @@ APP = 8080
 
 
 @pytest.fixture
-def topo():  # type: ignore[no-untyped-def]
+def topo() -> Iterator[Topology]:
     with Topology() as t:
         t.start_server(t.pod, "ztunnel", tcp_ports=(15001, 15006, 15008, 15053), udp_ports=(15053,),
                        transparent=True, mark=ZTUNNEL_MARK)

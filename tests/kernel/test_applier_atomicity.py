@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from harness.topology import Topology
 from meshnet.apply.applier import apply_spec, status
 from meshnet.apply.netns import Netns
 from meshnet.errors import ApplyError
+from meshnet.plan.model import Family, IptablesPlan, Op
 
 pytestmark = pytest.mark.netns
 
@@ -85,11 +86,11 @@ def test_bad_line_in_v6_payload_rolls_back_everything(pod: Netns, monkeypatch: p
     before = snapshot(pod)
     real_render, real_payload = restore.render_family, iptc_backend.ops_payload
 
-    def bad_render(plan, family):  # type: ignore[no-untyped-def]
+    def bad_render(plan: IptablesPlan, family: Family) -> str:
         text = real_render(plan, family)
         return text + ("*filter\n-A INPUT -j NO_SUCH_TARGET_X\nCOMMIT\n" if family == 6 else "")
 
-    def bad_payload(family, ops):  # type: ignore[no-untyped-def]
+    def bad_payload(family: Family, ops: Sequence[Op]) -> str:
         text = real_payload(family, ops)
         if family == 6:
             text = text[:-2] + ', {"table": "filter", "chain": "INPUT", "position": null, "matches": [], ' \

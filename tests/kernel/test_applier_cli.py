@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from harness.topology import Topology
@@ -70,7 +71,7 @@ def test_apply_by_pid_and_dry_run_changes_nothing(topo: Topology) -> None:
     assert status(topo.pod).backends == ("nftables",)
 
 
-def test_apply_from_spec_file(topo: Topology, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_apply_from_spec_file(topo: Topology, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("inbound_ports_wildcard: true\noutbound_cidrs_wildcard: true\n")
     cp = meshnet("apply", "--netns", topo.pod.path, "-f", str(spec), "--backend", "iptables-legacy")

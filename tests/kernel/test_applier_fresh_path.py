@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from harness.topology import Topology
 
 from meshnet.apply.applier import apply_spec
 from meshnet.spec.flags import parse_istio_args
+from meshnet.spec.spec import Spec
 from meshnet.state.addresses import ipv6_from_addresses
 
 INJECTOR = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
             "-d", "15090,15021,15020"]
 
 
-def spec():  # type: ignore[no-untyped-def]
+def spec() -> Spec:
     return parse_istio_args(INJECTOR, env={})[0]
 
 
@@ -30,7 +32,7 @@ def test_ipv6_from_cni_result_addresses(cidrs: list[str], dual: bool, expected: 
 
 
 @pytest.mark.netns
-def test_auto_on_a_fresh_pod_writes_iptables_nft_in_one_go(topology) -> None:  # type: ignore[no-untyped-def]
+def test_auto_on_a_fresh_pod_writes_iptables_nft_in_one_go(topology: Topology) -> None:
     pod = topology.pod
     result = apply_spec(pod, spec(), backend="auto")
     assert (result.backend, result.changed) == ("iptables-nft", True)
@@ -45,7 +47,7 @@ def test_auto_on_a_fresh_pod_writes_iptables_nft_in_one_go(topology) -> None:  #
 
 
 @pytest.mark.netns
-def test_auto_keeps_legacy_when_legacy_holds_rules(topology) -> None:  # type: ignore[no-untyped-def]
+def test_auto_keeps_legacy_when_legacy_holds_rules(topology: Topology) -> None:
     pod = topology.pod
     pod.run(["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
     result = apply_spec(pod, spec(), backend="auto")
@@ -55,7 +57,7 @@ def test_auto_keeps_legacy_when_legacy_holds_rules(topology) -> None:  # type: i
 
 
 @pytest.mark.netns
-def test_auto_uses_nft_when_legacy_tables_are_empty(topology) -> None:  # type: ignore[no-untyped-def]
+def test_auto_uses_nft_when_legacy_tables_are_empty(topology: Topology) -> None:
     pod = topology.pod
     pod.run(["iptables-legacy", "-t", "nat", "-S"])  # a legacy read instantiates an empty nat table
     assert "nat" in pod.read_proc_net("ip_tables_names")

@@ -21,6 +21,7 @@ from meshnet.apply.backends import guardrails
 from meshnet.apply.backends.xt_cleanup import plan_removal
 from meshnet.apply.backends.xt_swap import swap_payload
 from meshnet.apply.netns import Netns
+from meshnet.spec.spec import Spec
 from meshnet.state.parse_save import parse_save
 
 SAVE_WITH_TWO_SETS = """*filter
@@ -74,7 +75,7 @@ def test_swap_payload_guards_every_table_and_ends_unguarded() -> None:
     assert isinstance(spec, Spec)
 
 
-def make_spec_offline():  # type: ignore[no-untyped-def]
+def make_spec_offline() -> Spec:
     from meshnet.spec.flags import parse_istio_args
 
     return parse_istio_args(list(TPROXY), {})[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from harness.topology import Topology
 
 from meshnet.apply.netns import Netns
 
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.netns
 FILES = ("fib_trie", "if_inet6", "ip_tables_names", "ip6_tables_names")
 
 
-def test_prefetched_content_equals_direct_reads(topology) -> None:  # type: ignore[no-untyped-def]
+def test_prefetched_content_equals_direct_reads(topology: Topology) -> None:
     pod: Netns = topology.pod
     direct: dict[str, str | None] = {}
     for name in FILES:
@@ -28,7 +29,7 @@ def test_prefetched_content_equals_direct_reads(topology) -> None:  # type: igno
     assert topology.pod_ip4 in pod.read_proc_net("fib_trie")
 
 
-def test_snapshot_ends_with_the_context(topology) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_ends_with_the_context(topology: Topology) -> None:
     pod: Netns = topology.pod
     with pod.prefetch_proc_net(("if_inet6",)):
         before = pod.read_proc_net("if_inet6")

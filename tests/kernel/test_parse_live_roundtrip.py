@@ -15,6 +15,7 @@ from meshnet.plan.istio_builder import build_iptables
 from meshnet.plan.render_restore import render_family
 from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import parse_nameservers
+from meshnet.spec.spec import Spec
 from meshnet.state.compare import diff_rulesets
 from meshnet.state.live import read_live
 
@@ -23,7 +24,7 @@ NEEDS_JAVA_GROUP = {"outbound-owner-groups", "ipv6-dns-outbound-owner-groups"}
 RESTORE = {LEGACY: "{}-legacy-restore", NFT: "{}-nft-restore"}
 
 
-def spec_of(case: Case):  # type: ignore[no-untyped-def]
+def spec_of(case: Case) -> Spec:
     spec, _ = parse_istio_args(case.argv(), env=case.env, enable_ipv6=case.ipv6,
                                dns_servers=parse_nameservers(case.resolv))
     return spec

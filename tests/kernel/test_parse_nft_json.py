@@ -18,6 +18,7 @@ from meshnet.plan.nft_model import NftRule
 from meshnet.plan.render_nft import render_nft
 from meshnet.spec.flags import parse_istio_args
 from meshnet.spec.resolvconf import parse_nameservers
+from meshnet.spec.spec import Spec
 from meshnet.state.parse_nft import is_unsupported, nft_key, parse_nft_json, rule_from_exprs
 
 NFT_CASES = [c for c in CASES if golden_path("nftables", c.name).exists()]
@@ -25,7 +26,7 @@ NFT_CASES = [c for c in CASES if golden_path("nftables", c.name).exists()]
 NEEDS_JAVA_GROUP = {"outbound-owner-groups", "ipv6-dns-outbound-owner-groups"}
 
 
-def spec_of(case: Case):  # type: ignore[no-untyped-def]
+def spec_of(case: Case) -> Spec:
     spec, _ = parse_istio_args(case.argv(), env=case.env, enable_ipv6=case.ipv6,
                                dns_servers=parse_nameservers(case.resolv))
     return spec

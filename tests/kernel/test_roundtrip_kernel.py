@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from harness.golden_cases import CASES, Case, spec_of
 from harness.strategies import specs
+from harness.topology import Topology
 from hypothesis import HealthCheck, given, settings
 
 from meshnet.apply.netns import Netns
@@ -46,7 +47,7 @@ def _load_and_compare(ns: Netns, spec: Spec, variant: str) -> list[str]:
 
 
 @pytest.fixture
-def fresh_ns(topology):  # type: ignore[no-untyped-def]
+def fresh_ns(topology: Topology) -> Netns:
     return topology.pod
 
 
@@ -79,7 +80,7 @@ def test_nft_transaction_loads(case: Case, fresh_ns: Netns) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(spec=specs())
-def test_random_specs_load_in_both_backends(spec: Spec, topology) -> None:  # type: ignore[no-untyped-def]
+def test_random_specs_load_in_both_backends(spec: Spec, topology: Topology) -> None:
     ns = topology.pod
     _reset(ns)  # one namespace serves every example, including the ones hypothesis replays after a failure
     for variant in ("nft", "legacy"):

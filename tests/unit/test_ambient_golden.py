@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from harness.ambient_cases import AMBIENT_CASES, AmbientCase, ambient_golden
@@ -66,7 +67,7 @@ def test_render_command_reproduces_every_golden(kind: str) -> None:
         assert out.stdout == _expected(kind, case), case.name
 
 
-def test_render_from_yaml_and_annotations_equals_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_render_from_yaml_and_annotations_equals_flags(tmp_path: Path) -> None:
     spec_file = tmp_path / "ambient.yaml"
     spec_file.write_text("redirect_dns: false\nhost_probe_snat_v6: e9ac:1e77:90ca:399f:4d6d:ece2:2f9b:3164\n"
                          "enable_ipv6: true\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_bad_env_is_one_line_error(env: dict[str, str], needle: str) -> None:
     assert_one_line_error(run(["istio-iptables", "-n"], env), 1, needle)
 
 
-def test_bad_yaml_spec_is_one_line_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_yaml_spec_is_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("mode: REDIRECT\ninbound_portz: '*'\n")
     assert_one_line_error(run(["render", "-f", str(bad)]), 1, "inbound_portz")

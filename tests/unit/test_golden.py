@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from harness.golden_cases import CASES, CNI_CASES, GOLDEN, Case, golden_path, spec_of
@@ -52,7 +53,7 @@ def _cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("tproxy", "dns-uid-gid", "outbound-owner-groups",
                                                                   "ipv6-ipnets", "empty")], ids=lambda c: c.name)
-def test_render_command_reproduces_golden(case: Case, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_render_command_reproduces_golden(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same, through the real `meshnet render` command line (flags, env, --resolv-conf, --ipv6)."""
     import os
 

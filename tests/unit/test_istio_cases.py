@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from meshnet.plan.istio_builder import build_iptables
 from meshnet.plan.nft_builder import build_nft
 from meshnet.plan.render_nft import render_nft
@@ -13,7 +15,7 @@ INJECTOR = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", 
             "-d", "15090,15021,15020"]
 
 
-def v4(flags: list[str], env: dict[str, str] | None = None, **kw) -> list[str]:  # type: ignore[no-untyped-def]
+def v4(flags: list[str], env: dict[str, str] | None = None, **kw: Any) -> list[str]:
     spec, _ = parse_istio_args(BASE + flags, env=env or {}, **kw)
     return render_family(build_iptables(spec), 4).splitlines()
 
