@@ -49,8 +49,8 @@ def log(msg: str) -> None:
     print(f"build_image: {msg}", file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], **kw: object) -> None:
-    cp = subprocess.run(argv, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+def run(argv: list[str], *, timeout: float | None = None, env: dict[str, str] | None = None) -> None:
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     if cp.returncode != 0:
         raise SystemExit(f"build_image: {' '.join(argv[:3])} ... failed ({cp.returncode}): "
                          f"{(cp.stderr or cp.stdout).strip()[-1500:]}")

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from harness.cni_helpers import golden_restored, normalise_save
 from harness.cri_helpers import IMAGE_TAR, ISTIO_INIT_ARGS, CriNode, in_netns, istio_lines, save
+from harness.tarfiles import member
 
 pytestmark = pytest.mark.netns
 
@@ -126,8 +127,8 @@ def full_save(netns: str) -> str:
 def test_image_holds_meshnet_and_the_netfilter_tools_but_no_compiler(cri_node: CriNode,
                                                                      pods: list[dict[str, Any]]) -> None:
     with tarfile.open(IMAGE_TAR) as t:
-        manifest = json.load(t.extractfile("manifest.json"))  # type: ignore[arg-type]
-        config = json.load(t.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+        manifest = json.load(member(t, "manifest.json"))
+        config = json.load(member(t, manifest[0]["Config"]))
     assert manifest[0]["RepoTags"] == ["localhost/meshnet:dev"]
     # Entrypoint `meshnet`: the injector's args (`istio-iptables ...`) work with no command override.
     assert config["config"]["Entrypoint"] == ["meshnet"]

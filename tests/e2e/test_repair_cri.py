@@ -52,7 +52,7 @@ def _repair(node: CriNode, *extra: str) -> tuple[int, dict[str, Any]]:
     return cp.returncode, json.loads(cp.stdout)
 
 
-class _Rows(dict):  # type: ignore[type-arg]
+class _Rows(dict[str, dict[str, Any]]):
     """pod -> row; a missing pod fails with the whole document, to see what the CRI reported."""
 
     def __init__(self, doc: dict[str, Any]) -> None:

@@ -24,10 +24,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from harness import crinode_lock
 from harness.crinode_tool import CRI_PY, CRINODE, node_env, seed_base
+from harness.tarfiles import member
 from harness.topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,27 +50,19 @@ def build_image() -> Path:
     return IMAGE_TAR
 
 
-def _member(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> IO[bytes]:
-    """A regular file of the archive (extractfile says None for anything else)."""
-    f = tar.extractfile(member)
-    if f is None:
-        raise FileNotFoundError(f"{tar.name!s}: {member} is not a regular file")
-    return f
-
-
 def image_file(path: str, dest: Path, tar_path: Path = IMAGE_TAR) -> Path:
     """Copy one file out of the docker-archive (top layer first), as the installer container would."""
     with tarfile.open(tar_path) as outer:
-        manifest = json.load(_member(outer, "manifest.json"))
+        manifest = json.load(member(outer, "manifest.json"))
         for layer_name in reversed(manifest[0]["Layers"]):
-            with tarfile.open(fileobj=_member(outer, layer_name)) as layer:
+            with tarfile.open(fileobj=member(outer, layer_name)) as layer:
                 try:
-                    member = layer.getmember("./" + path.lstrip("/"))
+                    info = layer.getmember("./" + path.lstrip("/"))
                 except KeyError:
                     continue
-                if member.issym():
-                    return image_file(member.linkname, dest, tar_path)
-                data = _member(layer, member).read()
+                if info.issym():
+                    return image_file(info.linkname, dest, tar_path)
+                data = member(layer, info).read()
                 dest.write_bytes(data)
                 dest.chmod(0o755)
                 return dest

@@ -11,6 +11,7 @@ set, so a locally originated connection (a socket exists: kubelet's probe) is SN
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from harness.topology import Topology, connect
@@ -34,7 +35,7 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
-def _lands(result: dict, name: str, port: int | None = None) -> dict:  # type: ignore[type-arg]
+def _lands(result: dict[str, Any], name: str, port: int | None = None) -> dict[str, Any]:
     assert result.get("name") == name, result
     if port is not None:
         assert result["listener_port"] == port, result

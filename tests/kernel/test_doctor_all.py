@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.topology import Topology, is_root
+from harness.topology import ServerHandle, Topology, is_root
 from harness.traffic_helpers import istio_spec
 
 from meshnet.apply.applier import apply_spec
@@ -74,7 +74,9 @@ def test_one_row_per_namespace_worst_exit(node: tuple[Path, dict[str, Topology]]
 
 def test_a_namespace_reached_by_name_and_by_process_is_one_row(node: tuple[Path, dict[str, Topology]]) -> None:
     d, pods = node
-    server_pid = pods["healthy"]._procs[0].pid  # type: ignore[union-attr]
+    server = pods["healthy"]._procs[0]
+    assert isinstance(server, ServerHandle)  # the fixture's first process is its landing server
+    server_pid = server.pid
     _, data, _ = doctor_all("--netns-dir", str(d), "--json")
     paths = [r["path"] for r in data["pods"]]
     assert f"/proc/{server_pid}/ns/net" not in paths  # its namespace is already listed by name

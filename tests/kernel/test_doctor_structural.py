@@ -26,9 +26,9 @@ def proxy(t: Topology, uid: int = 1337, gid: int | None = None, udp: bool = True
     t.start_server(t.pod, "proxy", tcp_ports=PROXY_TCP, udp_ports=[15053] if udp else [], uid=uid, gid=gid)
 
 
-def build(t: Topology, spec: Spec, backend: str = "iptables-nft", **proxy_kw: object) -> None:
+def build(t: Topology, spec: Spec, backend: str = "iptables-nft", *, uid: int = 1337) -> None:
     apply_spec(t.pod, spec, backend=backend)
-    proxy(t, **proxy_kw)  # type: ignore[arg-type]
+    proxy(t, uid=uid)
 
 
 def findings(t: Topology, host: Netns) -> dict[str, list[str]]:

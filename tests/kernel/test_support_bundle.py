@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from harness.ct_scenarios import hold_server, install_redirect, readline, seq_client
+from harness.tarfiles import member
 from harness.topology import Topology, is_root
 from harness.traffic_helpers import istio_spec
 
@@ -118,8 +119,9 @@ def steady(value: Any) -> Any:
 def recorded_doctor(bundle: Path) -> dict[str, Any]:
     """What doctor found live while collecting (same reads as the bundle holds)."""
     with tarfile.open(bundle) as tar:
-        (pod,) = json.load(tar.extractfile("manifest.json"))["pods"]  # type: ignore[arg-type]
-        return json.load(tar.extractfile(f"{pod['dir']}/record.json"))["doctor"]  # type: ignore[arg-type]
+        (pod,) = json.load(member(tar, "manifest.json"))["pods"]
+        doctor: dict[str, Any] = json.load(member(tar, f"{pod['dir']}/record.json"))["doctor"]
+        return doctor
 
 
 def _problems(report: dict[str, Any]) -> set[str]:
@@ -152,9 +154,9 @@ def test_bundle_holds_what_maintainers_ask_for(topo: Topology, tmp_path: Path) -
     bundle = tmp_path / "b.tar.gz"
     meshnet("collect", "--netns", topo.pod.path, "-o", str(bundle), ok=(0,))
     with tarfile.open(bundle) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        manifest = json.load(member(tar, "manifest.json"))
         (pod,) = manifest["pods"]
-        files = {n: tar.extractfile(f"{pod['dir']}/{n}").read().decode() for n in pod["files"]}  # type: ignore[union-attr]
+        files = {n: member(tar, f"{pod['dir']}/{n}").read().decode() for n in pod["files"]}
     node = manifest["node"]
     assert node["kernel"] == os.uname().release and node["meshnet"] and "nf_tables" in node["iptables-nft"]
     assert "-A ISTIO_OUTPUT" in files["iptables-legacy-save-c.txt"] and "[0:0]" in files["iptables-legacy-save-c.txt"]

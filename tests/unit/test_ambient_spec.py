@@ -58,7 +58,7 @@ def test_yaml_mapping() -> None:
 ])
 def test_direct_construction_is_validated(kwargs: dict[str, object]) -> None:
     with pytest.raises(SpecError):
-        AmbientSpec(**kwargs)  # type: ignore[arg-type]
+        AmbientSpec(**kwargs)  # type: ignore[arg-type]  # the point: wrong values are refused
 
 
 def test_enrolment() -> None:

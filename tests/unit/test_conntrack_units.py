@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness.ct_scenarios import CLI, GOLDEN, ROOT
@@ -85,9 +86,9 @@ def test_rules_native_nft() -> None:
     assert f.to_port == 15006 and f.excluded == {15008, 15090}
 
 
-def _snap(lines: list[str], **kw: object) -> Snapshot:
+def _snap(lines: list[str], **kw: Any) -> Snapshot:  # kw: further Snapshot fields
     data = parse_lines(lines)
-    return Snapshot(source="test", scan=TableScan.from_entries(data.entries), **kw)  # type: ignore[arg-type]
+    return Snapshot(source="test", scan=TableScan.from_entries(data.entries), **kw)
 
 
 def test_findings_hang_vs_remap_and_envoy_correlation() -> None:

@@ -7,15 +7,15 @@ from meshnet.diagnose.explain.packet import owner_defaults, parse_packet
 from meshnet.diagnose.explain.result import Explanation
 from meshnet.lite.records import replace
 from meshnet.plan.istio_builder import build_iptables
-from meshnet.plan.model import Match, Op, Rule, RuleSet, Target
+from meshnet.plan.model import Family, Match, Op, Rule, RuleSet, Target
 from meshnet.spec.flags import parse_istio_args
 from meshnet.state.parse_save import parse_save
 
 
-def ruleset(*flags: str, family: int = 4) -> RuleSet:
+def ruleset(*flags: str, family: Family = 4) -> RuleSet:
     spec, _ = parse_istio_args(["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-i", "*", "-b", "*",
                                 *flags], env={}, enable_ipv6=True)
-    return build_iptables(spec).ruleset(family)  # type: ignore[arg-type]
+    return build_iptables(spec).ruleset(family)
 
 
 def explain(rs: RuleSet, text: str, oif: str | None = "eth0") -> Explanation:

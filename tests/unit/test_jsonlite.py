@@ -99,6 +99,6 @@ def test_same_as_json_on_edge_values() -> None:
 
 def test_unsupported_options_are_type_errors() -> None:
     with pytest.raises(TypeError):
-        jsonlite.dumps({}, indent=2)  # type: ignore[call-arg]
+        jsonlite.dumps({}, indent=2)  # type: ignore[call-arg]  # the point: refused at run time
     with pytest.raises(TypeError):
-        jsonlite.loads("{}", object_hook=dict)  # type: ignore[call-arg]
+        jsonlite.loads("{}", object_hook=dict)  # type: ignore[call-arg]  # the point: refused at run time

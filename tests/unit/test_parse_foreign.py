@@ -12,7 +12,7 @@ from harness.foreign_corpus import SAVED
 from meshnet.diagnose.explain.iptables import explain_ruleset
 from meshnet.diagnose.explain.packet import parse_packet
 from meshnet.plan.istio_builder import build_iptables
-from meshnet.plan.model import COMMENT, OPAQUE, Rule
+from meshnet.plan.model import COMMENT, OPAQUE, IptablesPlan, Rule
 from meshnet.spec.flags import parse_istio_args
 from meshnet.state.compare import diff_rulesets
 from meshnet.state.parse_save import parse_rule, parse_save, split_words
@@ -101,7 +101,7 @@ def test_incompatible_table_is_unreadable() -> None:
 
 
 # ----------------------------------------------------------------- the issue's reproduction, offline
-def _issue_state() -> tuple[object, str]:
+def _issue_state() -> tuple[IptablesPlan, str]:
     spec, _ = parse_istio_args(["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
                                 "-b", "*", "-d", "15090,15021,15020"], {})
     plan = build_iptables(spec)
@@ -121,7 +121,7 @@ def test_issue_tcp_flags_in_istio_inbound_explain_uncertain_and_diff_one_extra()
     ex = explain_ruleset(live, parse_packet("tcp 10.1.1.1:5000 -> 10.0.0.5:8080 in iface=eth0"), "iptables-nft")
     assert ex.verdict is not None and ex.verdict.kind == "uncertain", ex.lines()
     assert "tcp-flags" in ex.verdict.text
-    diff = diff_rulesets(plan.ruleset(4), live)  # type: ignore[attr-defined]
+    diff = diff_rulesets(plan.ruleset(4), live)
     assert [e.kind for e in diff.entries] == ["extra"], diff.lines()
     assert "--tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE" in diff.lines()[0]
 

@@ -65,6 +65,7 @@ def test_eq_hash_and_repr_match_dataclasses() -> None:
         y: int = 0
         tags: tuple[str, ...] = ()
 
+    # tags as a tuple (the field says list): a frozen record hashes its values, and a list would not hash
     ours = Point(1, 2, ("t",))  # type: ignore[arg-type]
     assert repr(ours).split("(", 1)[1] == repr(Std(1, 2, ("t",))).split("(", 1)[1]
     assert repr(ours).startswith("Point(")

@@ -54,6 +54,8 @@ def test_a_failure_on_a_pod_no_longer_ready_is_gone(monkeypatch: pytest.MonkeyPa
 
 
 def test_classify() -> None:
+    # classify reads the namespace only to look for a half-written iptables family, which none of these
+    # states reaches: no Netns (hence the ignores)
     spec = Spec(inbound_ports_wildcard=True)
     ok = Status(("iptables-nft",), (), False, False, True)
     assert classify(None, spec, ok) is None  # type: ignore[arg-type]

@@ -20,9 +20,9 @@ def test_route_tables_outside_the_kernels_own_are_accepted(table: int) -> None:
 @pytest.mark.parametrize("table", [0, 253, 254, 255, 256, 2**32 - 1, -1, "", "0x85", "1e2", "١٣٣", True, "9" * 5000])
 def test_reserved_and_malformed_route_tables_are_refused(table: object) -> None:
     with pytest.raises(SpecError, match="routing table between 1 and 252"):
-        v.parse_route_table("t", table)  # type: ignore[arg-type]
+        v.parse_route_table("t", table)  # type: ignore[arg-type]  # the point: refused at run time
     with pytest.raises(SpecError):
-        Spec(tproxy_route_table=table)  # type: ignore[arg-type]
+        Spec(tproxy_route_table=table)  # type: ignore[arg-type]  # the point: refused at run time
 
 
 def test_marks_and_ids() -> None:

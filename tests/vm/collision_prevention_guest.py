@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import time
+from typing import Any
 
 FIXED = (6, 7)
 CLIENT_IP, POD_IP = "10.99.0.1", "10.99.0.2"
@@ -127,7 +128,7 @@ class Pod:
         return int(sh("ip", "netns", "exec", self.srv, "cat", "/proc/sys/net/ipv4/tcp_early_demux").stdout)
 
 
-def outcomes(p: subprocess.Popen[str]) -> list[dict[str, object]]:
+def outcomes(p: subprocess.Popen[str]) -> list[dict[str, Any]]:
     out, _ = p.communicate(timeout=600)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -161,7 +162,7 @@ def without_prevention() -> None:
             check("off:second-connect-hangs", not o["b"], f"b={o} attempts={attempts}")
             check("off:analyze-reports-collision-hang", "collision-hang" in kinds, f"findings={kinds}")
         else:
-            check("off:second-connect-remapped", bool(o["b"]) and float(o["b_s"]) < 2, f"b={o}")  # type: ignore[arg-type]
+            check("off:second-connect-remapped", bool(o["b"]) and float(o["b_s"]) < 2, f"b={o}")
             check("off:analyze-reports-tuple-collision", "tuple-collision" in kinds, f"findings={kinds}")
 
 
@@ -181,7 +182,7 @@ def with_auto() -> None:
         got = outcomes(pod.dial_pairs([41000 + i for i in range(TRIES)], timeout=4))
         hung = [o for o in got if not o["b"]]
         check(f"auto:{TRIES}-tries-never-hang", len(got) == TRIES and not hung,
-              f"tries={len(got)} hung={len(hung)} max_b_s={max((float(o['b_s']) for o in got), default=0)}")  # type: ignore[arg-type]
+              f"tries={len(got)} hung={len(hung)} max_b_s={max((float(o['b_s']) for o in got), default=0)}")
         lo = sh("ip", "-n", pod.srv, "-o", "link", "show", "dev", "lo").stdout.strip()
         res = pod.istio_init("--cleanup-only")
         check("auto:cleanup-restores-early-demux", res.returncode == 0 and pod.early_demux() == 1,
