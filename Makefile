@@ -7,7 +7,7 @@ setup:
 demo: setup
 	@.venv/bin/python -m meshnet.demo
 
-# mypy reads [tool.mypy] in pyproject.toml (meshnet/, tests/harness/, bench/, probes/, scripts/)
+# mypy reads [tool.mypy] in pyproject.toml (meshnet/, tests/, bench/, probes/, scripts/)
 test: setup
 	@.venv/bin/ruff check meshnet tests bench probes
 	@.venv/bin/mypy
