@@ -122,6 +122,12 @@ def diagnose(netns: Netns | Any, spec: Spec | None = None, host: Netns | Any | N
             if not offline:
                 raise
             ctx.notes.append(f"{check.__name__.rsplit('.', 1)[-1]} not checked: {exc}")
+    from meshnet.ambient.wording import is_ambient, ztunnel_words
+
+    if is_ambient(live):  # an ambient pod's proxy is the node's ztunnel: findings say so
+        for f in report.findings:
+            f.summary, f.fix = ztunnel_words(f.summary), ztunnel_words(f.fix)
+            f.evidence = [ztunnel_words(e) for e in f.evidence]
     report.notes = ctx.notes
     order = {"critical": 0, "warning": 1, "info": 2}
     report.findings.sort(key=lambda f: order.get(f.severity, 3))

@@ -67,3 +67,35 @@ def test_status_and_doctor_see_ambient_routing_as_ambients(topology: Topology, b
         xt.restore(pod, 4, plan_removal(xt.save(pod, 4), 4).restore_text())
     report = _doctor(pod.path)
     assert "tproxy-routing-orphan" in report and "ambient mode's policy routing" in report, report
+
+
+@pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
+def test_explain_and_doctor_say_ztunnel_for_an_ambient_pod(topology, backend: str) -> None:  # type: ignore[no-untyped-def]
+    """No ztunnel listens in the test pod: doctor's findings name ztunnel, never the sidecar or Envoy."""
+    pod = topology.pod
+    apply_ambient(pod, AmbientSpec(redirect_dns=True), backend=backend)
+    verdicts = []
+    for packet, _, _ in CASES:
+        out = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "explain", "--netns", pod.path, packet],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        verdicts += [ln for ln in out.stdout.splitlines() if "verdict:" in ln]
+    assert any("(outbound capture: ztunnel's outbound listener)" in v for v in verdicts), verdicts
+    assert any("(DNS capture: ztunnel's DNS proxy)" in v for v in verdicts), verdicts
+    assert any("(inbound capture: ztunnel's inbound listener)" in v for v in verdicts), verdicts
+    report = _doctor(pod.path)
+    assert "proxy-not-listening" in report and "check that ztunnel runs on this node" in report, report
+    assert "ztunnel's DNS proxy must be on" in report, report
+    text = " ".join(verdicts) + report
+    assert "sidecar" not in text and "Envoy" not in text and "istio-proxy" not in text, text
+
+
+def test_a_sidecar_pod_is_still_explained_as_a_sidecar(topology) -> None:  # type: ignore[no-untyped-def]
+    from meshnet.apply.applier import apply_spec
+    from meshnet.spec.flags import parse_istio_args
+
+    spec, _ = parse_istio_args(["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*"], {})
+    apply_spec(topology.pod, spec, backend="iptables-nft")
+    out = subprocess.run([sys.executable, "-m", "meshnet.cli.main", "explain", "--netns", topology.pod.path,
+                          CASES[0][0]], capture_output=True, text=True, timeout=60)
+    assert "(outbound capture: the sidecar's outbound listener)" in out.stdout, out.stdout

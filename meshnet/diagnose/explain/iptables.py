@@ -215,6 +215,12 @@ def explain_live(netns: Netns, packet: Packet, state: LiveState | None = None) -
         if packet.direction == "out" and packet.uid is None and packet.gid is None:
             ex.notes.insert(0, "no uid=/gid= given: owner matches make the verdict uncertain")
         results.append(ex)
+    from meshnet.ambient.wording import is_ambient, ztunnel_words
+
+    if is_ambient(state):  # an ambient pod: its traffic goes to ztunnel, not to a sidecar
+        for ex in results:
+            if ex.verdict is not None:
+                ex.verdict.text = ztunnel_words(ex.verdict.text)
     if len(backends) > 1:
         for ex in results:
             ex.notes.append(f"Istio rules exist in {len(backends)} backends ({', '.join(backends)}): the kernel runs "
