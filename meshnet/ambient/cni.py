@@ -6,11 +6,17 @@ is there, so no ambient pod starts without its redirection. The agent records ev
 programmed under `state_dir` and, when it (re)starts with `--ambient-conflist`, reconciles each
 recorded pod whose namespace still exists, and drops the others: Istio's reconcile-on-start.
 
-Enrolment follows istio-cni: the pod or its namespace says `istio.io/dataplane-mode=ambient`, the
-pod does not opt out (`none`), and it has no sidecar. Pod labels come from the Kubernetes API when a
-kubeconfig is configured; without one the runtime passes annotations only, so a pod-level
-`istio.io/dataplane-mode` annotation stands in for the label, and `namespaces` lists the
-namespaces labelled ambient (what the agent's namespace informer would know).
+Enrolment follows istio-cni, by LABELS: the pod or its namespace carries `istio.io/dataplane-mode=ambient`,
+the pod does not opt out (label `istio.io/dataplane-mode=none`), and it has no sidecar. Where they come from:
+
+* pod labels: the Kubernetes API when the plugin has a kubeconfig (at ADD), else the CRI sandbox (kubelet
+  copies the pod's labels onto it). The sandbox is not known to the runtime during ADD (containerd 1.6:
+  ListPodSandbox is empty while the CNI chain runs), so without the API the agent's runtime pass
+  (`--ambient-interval S --cri ENDPOINT`) enrolls pods labelled ambient and un-enrolls pods labelled
+  none a moment after they start, as istio-cni's agent does for pods whose labels it learns late;
+* namespace labels: the Kubernetes API (GET the Namespace) when a kubeconfig is configured;
+* `namespaces` in the config: an explicit FALLBACK for nodes without the API, the namespaces an operator
+  knows are labelled ambient; ignored when the API is configured.
 
 `host_probes: true` also programs the node side in the agent's own namespace (the probe SNAT
 rules at agent start, each pod's addresses in the probe sets); off by default.
@@ -29,6 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from meshnet.cni.config import PluginConfig
     from meshnet.cni.pod import PodInfo
 
 IN_AGENT = False  # set by the agent before it forks its workers
@@ -65,15 +72,33 @@ def parse_ambient(raw: object) -> AmbientCniConfig:
     return AmbientCniConfig(spec_from_mapping(doc, "ambient"), tuple(namespaces), state_dir, host_probes)
 
 
-def pod_enrolled(pod: PodInfo, cfg: AmbientCniConfig) -> bool:
+def pod_enrolled(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | None = None) -> bool:
+    return enrollment(pod, cfg, plugin)[0]
+
+
+def enrollment(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | None = None) -> tuple[bool, str]:
+    """(enrolled, why). `pod.labels` None: not known here (ADD without the API); `plugin` gives the kubeconfig."""
     if A_SIDECAR_STATUS in pod.annotations or pod.has_proxy:
-        return False  # a sidecar pod is the sidecar path's
-    labels = pod.labels
-    if labels is None:  # runtime annotations only: the pod-level annotation stands in for the label
-        mode = pod.annotations.get(L_DATAPLANE_MODE)
-        labels = {L_DATAPLANE_MODE: mode} if isinstance(mode, str) else {}
-    ns_labels = {L_DATAPLANE_MODE: "ambient"} if pod.namespace in cfg.namespaces else {}
-    return enrolled(labels, ns_labels)
+        return False, "has a sidecar"  # a sidecar pod is the sidecar path's
+    labels = pod.labels or {}
+    mode = labels.get(L_DATAPLANE_MODE)
+    if mode is not None:  # the pod's own label decides, without asking about its namespace
+        return enrolled(labels, {}), f"pod label {L_DATAPLANE_MODE}={mode}"
+    ns_labels, source = namespace_labels(pod.namespace, cfg, plugin)
+    ns_mode = ns_labels.get(L_DATAPLANE_MODE)
+    return enrolled({}, ns_labels), f"namespace {pod.namespace} ({source}): {L_DATAPLANE_MODE}={ns_mode or 'unset'}"
+
+
+def namespace_labels(namespace: str, cfg: AmbientCniConfig, plugin: PluginConfig | None) -> tuple[dict[str, str], str]:
+    """The namespace's labels from the API when configured, else the config's list (the no-API fallback)."""
+    if plugin is not None and plugin.kubeconfig:
+        from meshnet.cni.kube import get_namespace, load_kubeconfig
+
+        obj = get_namespace(load_kubeconfig(plugin.kubeconfig), namespace, plugin.k8s_timeout)
+        raw = (obj.get("metadata") or {}).get("labels") or {}
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}, "API labels"
+    listed = namespace in cfg.namespaces
+    return ({L_DATAPLANE_MODE: "ambient"} if listed else {}), "config namespaces"
 
 
 # ------------------------------------------------------------------------------------ records
@@ -213,3 +238,53 @@ def _from_conflist(path: str) -> tuple[AmbientCniConfig, str]:
             backend = plugin.get("backend", "auto")
             return parse_ambient(plugin["ambient"]), backend if isinstance(backend, str) else "auto"
     raise SpecError("--ambient-conflist", path, "no meshnet-cni plugin with an `ambient` section")
+
+
+# ------------------------------------------------------------------------------------ runtime pass
+def sync_with_runtime(conflist: str, endpoint: str) -> list[str]:
+    """The agent's pass over the runtime's ready sandboxes, by their labels (kubelet puts the pod's
+    labels on the sandbox): enroll those that say ambient and are not programmed yet, un-enroll
+    programmed ones that opt out (or are no longer enrolled). One line per change."""
+    from meshnet.ambient.apply import apply_ambient, cleanup_ambient
+    from meshnet.apply.netns import Netns
+    from meshnet.cni.pod import PodInfo
+    from meshnet.cri import list_sandboxes
+
+    cfg, backend, plugin = _plugin_from_conflist(conflist)
+    known = records(cfg)
+    lines: list[str] = []
+    for sb in list_sandboxes(endpoint):
+        labels = {k: v for k, v in (sb.get("labels") or {}).items() if not k.startswith("io.kubernetes.")}
+        pod = PodInfo(namespace=sb["namespace"], name=sb["name"], annotations=sb.get("annotations") or {},
+                      labels=labels)
+        want, why = enrollment(pod, cfg, plugin)
+        have = sb["id"] in known
+        path = sb.get("netns") or (f"/proc/{sb['pid']}/ns/net" if sb.get("pid") else "")
+        if want == have or not path or not os.path.exists(path):
+            continue
+        netns = Netns.resolve(path)
+        if want:
+            spec = overrides_from_annotations(cfg.spec, pod.annotations)
+            result = apply_ambient(netns, spec, backend=backend, reconcile=True)
+            _write_record(cfg, sb["id"], {"netns": path, "namespace": pod.namespace, "name": pod.name,
+                                          "annotations": dict(pod.annotations), "addresses": [sb["ip"]] if sb.get("ip")
+                                          else [], "backend": result.backend})
+            if cfg.host_probes and sb.get("ip"):
+                _probe_sets([sb["ip"]], True, result.backend)
+            lines.append(f"{pod.namespace}/{pod.name}: enrolled ({why}): {result.message}")
+        else:
+            removed = cleanup_ambient(netns)
+            delete(sb["id"], cfg)
+            lines.append(f"{pod.namespace}/{pod.name}: un-enrolled ({why}): {removed.message}")
+    return lines
+
+
+def _plugin_from_conflist(path: str) -> tuple[AmbientCniConfig, str, PluginConfig]:
+    from meshnet.cni.config import parse_config
+
+    cfg, backend = _from_conflist(path)
+    with open(path) as fh:
+        doc = json.loads(fh.read())
+    plugins = doc.get("plugins") if "plugins" in doc else [doc]
+    entry = next(p for p in plugins if isinstance(p, dict) and p.get("type") == "meshnet-cni" and "ambient" in p)
+    return cfg, backend, parse_config({"cniVersion": doc.get("cniVersion", "1.0.0"), **entry})

@@ -114,18 +114,21 @@ def uninstall_cmd(conflist: str | None, conf_dir: str | None, bin_dir: str) -> N
 @click.option("--ambient-conflist", default="", metavar="PATH",
               help="Ambient node agent: the conflist whose meshnet-cni entry has an `ambient` section; "
                    "recorded pods are reconciled at start.")
+@click.option("--ambient-interval", default=0.0, show_default=True, type=click.FloatRange(min=0, max=3600),
+              help="With --ambient-conflist: seconds between passes over the runtime's sandboxes (--cri) that "
+                   "enroll/un-enroll pods by their istio.io/dataplane-mode labels (0: never).")
 @click.option("--repair-interval", default=0.0, show_default=True, type=click.FloatRange(min=0, max=86400),
               help="Seconds between passes that repair meshed pods without (or with drifted) rules in place "
                    "(0: never); see `meshnet repair`.")
 @click.option("--cri", default="unix:///run/containerd/containerd.sock", show_default=True, metavar="ENDPOINT",
-              help="With --repair-interval: the runtime's CRI socket.")
+              help="With --repair-interval or --ambient-interval: the runtime's CRI socket.")
 @click.option("--max-repairs", default=10, show_default=True, type=click.IntRange(min=0),
               help="With --repair-interval: at most this many pods changed per pass.")
 @click.option("--repair-conflist", default=None, type=click.Path(dir_okay=False),
               help="With --repair-interval: the conflist whose meshnet-cni entry decides pods (default: found "
                    "in /etc/cni/net.d).")
 def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None, doctor_interval: float,
-              ambient_conflist: str, repair_interval: float, cri: str, max_repairs: int,
+              ambient_conflist: str, ambient_interval: float, repair_interval: float, cri: str, max_repairs: int,
               repair_conflist: str | None) -> None:
     """Serve plugin requests from warm, pre-forked workers (optional; the plugin works without it)."""
 
@@ -143,6 +146,7 @@ def agent_cmd(socket_path: str | None, workers: int, metrics_address: str | None
                 raise UsageError(str(exc)) from None
         repair = RepairOptions(repair_interval, cri, max_repairs, repair_conflist) if repair_interval else None
         return serve(socket_path or DEFAULT_SOCKET, workers, metrics_address=metrics_address,
-                     doctor_interval=doctor_interval, ambient_conflist=ambient_conflist, repair=repair)
+                     doctor_interval=doctor_interval, ambient_conflist=ambient_conflist, repair=repair,
+                     ambient_sync=(cri, ambient_interval) if ambient_interval else None)
 
     raise SystemExit(guarded(go))

@@ -22,6 +22,10 @@ import time
 
 from meshnet.cni.shim import DEFAULT_SOCKET, decode_request
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 REQUEST_TIMEOUT = 30.0  # to read a request: the shim sends it in one go
 MAX_REQUEST = 4 << 20
 # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
@@ -112,13 +116,15 @@ def _spawn(listener: socket.socket, reports: socket.socket | None = None) -> int
 
 def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | None = None,
           metrics_address: str | None = None, doctor_interval: float = 0.0, ambient_conflist: str = "",
-          repair: RepairOptions | None = None) -> int:
+          repair: RepairOptions | None = None, ambient_sync: tuple[str, float] | None = None) -> int:
     """Run until SIGTERM/SIGINT. Prints READY (to `ready`, default stdout) once accepting.
 
     With `metrics_address` (PORT or HOST:PORT) the supervisor serves Prometheus metrics there and,
     every `doctor_interval` seconds (0: never), sweeps the node with doctor in a forked child.
     With `repair`, every `repair.interval` seconds a forked child repairs the node's meshed pods in
     place (meshnet.apply.repair), one log line per repair on stderr, counted in the metrics.
+    With `ambient_sync` (CRI endpoint, seconds) and `ambient_conflist`, a forked child enrolls and
+    un-enrolls ambient pods by their sandbox labels that often (meshnet.ambient.cni.sync_with_runtime).
     """
     _preload()
     if ambient_conflist:  # ambient node agent: reconcile every recorded pod before serving new ones
@@ -141,6 +147,7 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
 
         deliver = metrics.add_repair_pass if metrics is not None else _log_failed_pass
         repairer = Sweeper(repair.interval, metrics, work=repair.run_pass, deliver=deliver)
+    syncer = _ambient_syncer(ambient_conflist, ambient_sync)
     listener = _listen(path)
     children = {_spawn(listener, worker_end) for _ in range(workers)}
     stopping = False
@@ -154,6 +161,8 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
     print("READY", file=ready or sys.stdout, flush=True)
     try:
         while not stopping:
+            if syncer is not None:
+                _poll(syncer)
             if metrics is not None:
                 _metrics_step(metrics, scrape, supervisor_end, sweeper, repairer)
             elif repairer is not None:
@@ -169,7 +178,7 @@ def serve(path: str = DEFAULT_SOCKET, workers: int = 4, ready: io.TextIOBase | N
                     children.discard(pid)
                     children.add(_spawn(listener, worker_end))
     finally:
-        for periodic in (sweeper, repairer):
+        for periodic in (sweeper, repairer, syncer):
             if periodic is not None:
                 periodic.stop()
         for s in (scrape, supervisor_end, worker_end):
@@ -221,6 +230,40 @@ def _metrics_step(metrics: object, scrape: socket.socket | None, reports: socket
                     break
         else:
             next(p for p in periodic if p.fd == r).readable()
+
+
+def _ambient_syncer(conflist: str, sync: tuple[str, float] | None) -> Any:
+    """The periodic runtime pass of the ambient agent (a Sweeper: forked child, result on a pipe)."""
+    if not conflist or sync is None or sync[1] <= 0:
+        return None
+    from meshnet.cni.metrics import Sweeper
+
+    endpoint, interval = sync
+
+    def work() -> dict[str, object]:  # in the forked child: its lines go straight to the agent's stderr
+        from meshnet.ambient.cni import sync_with_runtime
+
+        lines = sync_with_runtime(conflist, endpoint)
+        for line in lines:
+            sys.stderr.write(f"meshnet-cni agent: ambient: {line}\n")
+        sys.stderr.flush()
+        return {"changed": len(lines)}
+
+    def deliver(summary: dict[str, Any]) -> None:
+        if "error" in summary:
+            sys.stderr.write(f"meshnet-cni agent: ambient: runtime pass failed: {summary['error']}\n")
+        sys.stderr.flush()
+
+    return Sweeper(interval, None, work=work, deliver=deliver)
+
+
+def _poll(periodic: Any) -> None:
+    """Start the periodic child when due; read its pipe if it has something (never blocks)."""
+    import select
+
+    periodic.tick()
+    if periodic.fd is not None and select.select([periodic.fd], [], [], 0)[0]:
+        periodic.readable()
 
 
 def _repair_step(repairer: object) -> None:

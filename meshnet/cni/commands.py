@@ -65,7 +65,7 @@ def cmd_add(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Log)
     if config.ambient is not None and pod.namespace not in config.exclude_namespaces:
         from meshnet.ambient.cni import pod_enrolled
 
-        if pod_enrolled(pod, config.ambient):
+        if pod_enrolled(pod, config.ambient, config):
             return _add_ambient(env, config, doc, log, pod, addresses)
     try:
         reason = skip_reason(pod, config)
@@ -167,7 +167,7 @@ def cmd_check(env: CniEnv, config: PluginConfig, doc: Mapping[str, Any], log: Lo
     if config.ambient is not None and pod.namespace not in config.exclude_namespaces:
         from meshnet.ambient.cni import pod_enrolled
 
-        if pod_enrolled(pod, config.ambient):
+        if pod_enrolled(pod, config.ambient, config):
             _check_ambient(env, config, pod)
             return None
     reason = _skip_for_check(pod, config)

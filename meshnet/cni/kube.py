@@ -1,4 +1,4 @@
-"""Fetch one Pod from the Kubernetes API with a kubeconfig, using only the standard library.
+"""Fetch one Pod (or Namespace) from the Kubernetes API with a kubeconfig, using only the standard library.
 
 Only the plugin configurations that name a kubeconfig come here, so ssl/urllib (and PyYAML for a
 YAML kubeconfig) are imported lazily by the caller's first use.
@@ -128,15 +128,25 @@ def _ssl_context(target: KubeTarget) -> Any:
 
 
 def get_pod(target: KubeTarget, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+    return _get_object(target, path, f"pod {namespace}/{name}", timeout)
+
+
+def get_namespace(target: KubeTarget, namespace: str, timeout: float) -> dict[str, Any]:
+    """The Namespace object (ambient enrolment reads its labels, as istio-cni's namespace informer)."""
+    return _get_object(target, f"/api/v1/namespaces/{quote(namespace, safe='')}", f"namespace {namespace}", timeout)
+
+
+def _get_object(target: KubeTarget, path: str, what: str, timeout: float) -> dict[str, Any]:
     import urllib.error
     import urllib.request
 
-    url = f"{target.server}/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+    url = f"{target.server}{path}"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if target.token:
         request.add_header("Authorization", f"Bearer {target.token}")
     context = _ssl_context(target) if url.startswith("https://") else None
-    where = f"pod {namespace}/{name} from {target.server}"
+    where = f"{what} from {target.server}"
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             body = resp.read()
@@ -152,5 +162,5 @@ def get_pod(target: KubeTarget, namespace: str, name: str, timeout: float) -> di
     except ValueError:
         raise CniError(E_TRY_AGAIN, f"cannot get {where}: the response is not JSON") from None
     if not isinstance(obj, dict):
-        raise CniError(E_TRY_AGAIN, f"cannot get {where}: the response is not a Pod object")
+        raise CniError(E_TRY_AGAIN, f"cannot get {where}: the response is not an object")
     return obj

@@ -78,11 +78,10 @@ def test_cni_ambient_section_and_enrolment() -> None:
     assert cfg.spec == AmbientSpec(redirect_dns=True, enable_ipv6=True) and cfg.namespaces == ("mesh",)
     mode = "istio.io/dataplane-mode"
     assert pod_enrolled(PodInfo("mesh", "a"), cfg)
-    assert not pod_enrolled(PodInfo("mesh", "a", annotations={mode: "none"}), cfg)
-    assert pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}), cfg)
+    assert not pod_enrolled(PodInfo("mesh", "a", labels={mode: "none"}), cfg)
+    # Labels only (as istio-cni): an annotation enrolls nothing; sidecar pods are never ambient's.
+    assert not pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}), cfg)
     assert not pod_enrolled(PodInfo("other", "a"), cfg)
-    # Labels from the API win over the annotation stand-in; sidecar pods are never ambient's.
-    assert not pod_enrolled(PodInfo("other", "a", annotations={mode: "ambient"}, labels={}), cfg)
     assert pod_enrolled(PodInfo("other", "a", labels={mode: "ambient"}), cfg)
     assert not pod_enrolled(PodInfo("mesh", "a", annotations={"sidecar.istio.io/status": "{}"}), cfg)
     bad: object
