@@ -111,3 +111,29 @@ def test_node_probe_is_snated_and_reaches_the_app_uncaptured(topo: Topology, bac
     assert cleanup_ambient(node, host=True).changed
     for pod_ip, _ in ips.values():
         _lands(connect(node, str(pod_ip), APP), "ztunnel", 15006)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables-nft"])
+def test_only_kubelets_uid_is_snated_on_native_nftables(topo: Topology, backend: str) -> None:
+    """nftables' host rule matches kubelet's uid (`meta skuid`, as istio-cni's): a probe from that uid is
+    SNATed and reaches the app; another local process's connection is not. iptables matches any local
+    socket (`-m owner --socket-exists`), so there both are SNATed (Istio's difference, kept)."""
+    pod, node = topo.pod, topo.peer
+    kubelet, other = 4242, 4343
+    spec = AmbientSpec(enable_ipv6=True, kubelet_uid=str(kubelet))
+    apply_ambient(pod, spec, backend=backend)
+    apply_ambient(node, spec, backend=backend, host=True)
+    if backend == "nftables":
+        listing = node.run(["nft", "list", "table", "inet", "istio-ambient-nat"]).stdout
+        assert f"meta skuid {kubelet}" in listing, listing
+    snat = {4: spec.host_probe_snat, 6: spec.host_probe_snat_v6}
+    for fam, pod_ip, peer_ip in ((4, topo.pod_ip4, topo.peer_ip4), (6, topo.pod_ip6, topo.peer_ip6)):
+        _probe_set(node, backend, str(pod_ip))
+        pod.run(["ip", f"-{fam}", "route", "add", snat[fam], "via", str(peer_ip), "dev", topo.link.pod_if])
+        probe = _lands(connect(node, str(pod_ip), APP, uid=kubelet), "app", APP)
+        assert probe["peer"][0] == snat[fam], probe
+        if backend == "nftables":
+            _lands(connect(node, str(pod_ip), APP, uid=other), "ztunnel", 15006)  # not kubelet: captured
+        else:
+            assert _lands(connect(node, str(pod_ip), APP, uid=other), "app", APP)["peer"][0] == snat[fam]
+    assert cleanup_ambient(node, host=True).changed

@@ -100,3 +100,27 @@ def test_api_failure_is_a_cni_error_not_a_guess(monkeypatch: pytest.MonkeyPatch,
     plugin, _ = _api(monkeypatch, tmp_path, {})
     with pytest.raises(CniError, match="cannot get namespace gone from http://api.invalid:6443: HTTP 404"):
         pod_enrolled(pod("gone", {}), plugin.ambient, plugin)
+
+
+def test_kubelet_uid_found_as_istio_cni_finds_it(tmp_path: Any) -> None:
+    import os
+
+    from meshnet.ambient.apply import kubelet_uid
+    from meshnet.errors import SpecError
+
+    def proc(pid: str, comm: str, cmdline: bytes) -> None:
+        d = tmp_path / pid
+        d.mkdir()
+        (d / "comm").write_text(comm + "\n")
+        (d / "cmdline").write_bytes(cmdline)
+
+    proc("10", "bash", b"bash\0")
+    proc("11", "kubelite", b"/snap/bin/kubelite\0--no-such-flag\0")  # kubelite without 'kubelet' in argv: not it
+    proc("12", "kubelet", b"/usr/bin/kubelet\0--config=/var/lib/kubelet/config.yaml\0")
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "12", 4242, -1)
+    assert kubelet_uid(str(tmp_path)) == str((tmp_path / "12").stat().st_uid)
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(SpecError, match="no kubelet process found"):
+        kubelet_uid(str(empty))
