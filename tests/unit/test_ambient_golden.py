@@ -1,8 +1,8 @@
 """Istio's ambient goldens (cni/pkg/iptables and cni/pkg/nftables testdata), byte for byte.
 
 Istio's iptables goldens carry no final newline (its test compares trimmed text); meshnet prints
-one, so the comparison adds exactly that newline and nothing else. Two of Istio's 14 files per
-kind are not shared here; their configurations are built by the same code.
+one, so the comparison adds exactly that newline and nothing else. The two of Istio's 14 files per
+kind that ../shared does not vendor are in tests/data/istio-ambient/ (Apache-2.0, see PROVENANCE.md).
 """
 
 from __future__ import annotations
@@ -37,6 +37,26 @@ def _render(kind: str, case: AmbientCase) -> str:
 
 def _shared(kind: str) -> list[AmbientCase]:
     return [c for c in AMBIENT_CASES if ambient_golden(kind, c.name).exists()]
+
+
+ISTIO_EXTRA = Path(__file__).resolve().parents[1] / "data" / "istio-ambient"
+EXTRA_NAMES = ("dns_pod_disabled_and_on_globally_ipv6", "ingress_and_virtual_interfaces_ipv6")
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k in KINDS for n in EXTRA_NAMES])
+def test_istios_two_unshared_goldens_per_kind(kind: str, name: str) -> None:
+    case = next(c for c in AMBIENT_CASES if c.name == name)
+    assert not ambient_golden(kind, name).exists() or ambient_golden(kind, name).read_bytes() == \
+        (ISTIO_EXTRA / kind / f"{name}.golden").read_bytes()
+    text = (ISTIO_EXTRA / kind / f"{name}.golden").read_text()
+    assert _render(kind, case) == (text if text.endswith("\n") else text + "\n")
+
+
+def test_all_fourteen_of_istios_cases_per_kind() -> None:
+    for kind in KINDS:
+        extra = {n for n in EXTRA_NAMES if (ISTIO_EXTRA / kind / f"{n}.golden").exists()}
+        have = {c.name for c in _shared(kind)} | extra
+        assert len(have) == 14, sorted(have)
 
 
 def test_every_shared_ambient_golden_is_covered() -> None:
