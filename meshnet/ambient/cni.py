@@ -35,6 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from meshnet.ambient.runtime_sync import KubeAccess
     from meshnet.cni.config import PluginConfig
     from meshnet.cni.pod import PodInfo
 
@@ -72,11 +73,12 @@ def parse_ambient(raw: object) -> AmbientCniConfig:
     return AmbientCniConfig(spec_from_mapping(doc, "ambient"), tuple(namespaces), state_dir, host_probes)
 
 
-def pod_enrolled(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | None = None) -> bool:
+def pod_enrolled(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | KubeAccess | None = None) -> bool:
     return enrollment(pod, cfg, plugin)[0]
 
 
-def enrollment(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | None = None) -> tuple[bool, str]:
+def enrollment(pod: PodInfo, cfg: AmbientCniConfig,
+               plugin: PluginConfig | KubeAccess | None = None) -> tuple[bool, str]:
     """(enrolled, why). `pod.labels` None: not known here (ADD without the API); `plugin` gives the kubeconfig."""
     if A_SIDECAR_STATUS in pod.annotations or pod.has_proxy:
         return False, "has a sidecar"  # a sidecar pod is the sidecar path's
@@ -89,7 +91,8 @@ def enrollment(pod: PodInfo, cfg: AmbientCniConfig, plugin: PluginConfig | None 
     return enrolled({}, ns_labels), f"namespace {pod.namespace} ({source}): {L_DATAPLANE_MODE}={ns_mode or 'unset'}"
 
 
-def namespace_labels(namespace: str, cfg: AmbientCniConfig, plugin: PluginConfig | None) -> tuple[dict[str, str], str]:
+def namespace_labels(namespace: str, cfg: AmbientCniConfig,
+                     plugin: PluginConfig | KubeAccess | None) -> tuple[dict[str, str], str]:
     """The namespace's labels from the API when configured, else the config's list (the no-API fallback)."""
     if plugin is not None and plugin.kubeconfig:
         from meshnet.cni.kube import get_namespace, load_kubeconfig
@@ -238,53 +241,3 @@ def _from_conflist(path: str) -> tuple[AmbientCniConfig, str]:
             backend = plugin.get("backend", "auto")
             return parse_ambient(plugin["ambient"]), backend if isinstance(backend, str) else "auto"
     raise SpecError("--ambient-conflist", path, "no meshnet-cni plugin with an `ambient` section")
-
-
-# ------------------------------------------------------------------------------------ runtime pass
-def sync_with_runtime(conflist: str, endpoint: str) -> list[str]:
-    """The agent's pass over the runtime's ready sandboxes, by their labels (kubelet puts the pod's
-    labels on the sandbox): enroll those that say ambient and are not programmed yet, un-enroll
-    programmed ones that opt out (or are no longer enrolled). One line per change."""
-    from meshnet.ambient.apply import apply_ambient, cleanup_ambient
-    from meshnet.apply.netns import Netns
-    from meshnet.cni.pod import PodInfo
-    from meshnet.cri import list_sandboxes
-
-    cfg, backend, plugin = _plugin_from_conflist(conflist)
-    known = records(cfg)
-    lines: list[str] = []
-    for sb in list_sandboxes(endpoint):
-        labels = {k: v for k, v in (sb.get("labels") or {}).items() if not k.startswith("io.kubernetes.")}
-        pod = PodInfo(namespace=sb["namespace"], name=sb["name"], annotations=sb.get("annotations") or {},
-                      labels=labels)
-        want, why = enrollment(pod, cfg, plugin)
-        have = sb["id"] in known
-        path = sb.get("netns") or (f"/proc/{sb['pid']}/ns/net" if sb.get("pid") else "")
-        if want == have or not path or not os.path.exists(path):
-            continue
-        netns = Netns.resolve(path)
-        if want:
-            spec = overrides_from_annotations(cfg.spec, pod.annotations)
-            result = apply_ambient(netns, spec, backend=backend, reconcile=True)
-            _write_record(cfg, sb["id"], {"netns": path, "namespace": pod.namespace, "name": pod.name,
-                                          "annotations": dict(pod.annotations), "addresses": [sb["ip"]] if sb.get("ip")
-                                          else [], "backend": result.backend})
-            if cfg.host_probes and sb.get("ip"):
-                _probe_sets([sb["ip"]], True, result.backend)
-            lines.append(f"{pod.namespace}/{pod.name}: enrolled ({why}): {result.message}")
-        else:
-            removed = cleanup_ambient(netns)
-            delete(sb["id"], cfg)
-            lines.append(f"{pod.namespace}/{pod.name}: un-enrolled ({why}): {removed.message}")
-    return lines
-
-
-def _plugin_from_conflist(path: str) -> tuple[AmbientCniConfig, str, PluginConfig]:
-    from meshnet.cni.config import parse_config
-
-    cfg, backend = _from_conflist(path)
-    with open(path) as fh:
-        doc = json.loads(fh.read())
-    plugins = doc.get("plugins") if "plugins" in doc else [doc]
-    entry = next(p for p in plugins if isinstance(p, dict) and p.get("type") == "meshnet-cni" and "ambient" in p)
-    return cfg, backend, parse_config({"cniVersion": doc.get("cniVersion", "1.0.0"), **entry})

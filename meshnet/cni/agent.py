@@ -241,7 +241,7 @@ def _ambient_syncer(conflist: str, sync: tuple[str, float] | None) -> Any:
     endpoint, interval = sync
 
     def work() -> dict[str, object]:  # in the forked child: its lines go straight to the agent's stderr
-        from meshnet.ambient.cni import sync_with_runtime
+        from meshnet.ambient.runtime_sync import sync_with_runtime
 
         lines = sync_with_runtime(conflist, endpoint)
         for line in lines:

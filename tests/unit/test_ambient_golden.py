@@ -2,7 +2,7 @@
 
 Istio's iptables goldens carry no final newline (its test compares trimmed text); meshnet prints
 one, so the comparison adds exactly that newline and nothing else. The two of Istio's 14 files per
-kind that ../shared does not vendor are in tests/data/istio-ambient/ (Apache-2.0, see PROVENANCE.md).
+kind missing from tests/golden/istio are in tests/data/istio-ambient/ (Apache-2.0, see PROVENANCE.md).
 """
 
 from __future__ import annotations
