@@ -70,6 +70,7 @@ class _Parser(argparse.ArgumentParser):
             self._takes_value.update(action.option_strings)
         return action
 
+    # ignore: argparse's overloads also return a caller's namespace type; this parser gives a Namespace only
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         from meshnet.spec.flags import pflag_words

@@ -10,7 +10,7 @@ from __future__ import annotations
 from meshnet.ambient import spec as c
 from meshnet.ambient.spec import AmbientSpec
 from meshnet.plan.istio_builder import _Emitter
-from meshnet.plan.model import IptablesPlan, Match, Target
+from meshnet.plan.model import Family, IptablesPlan, Match, Target
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
 PRERT, OUTPUT, POSTRT = "ISTIO_PRERT", "ISTIO_OUTPUT", "ISTIO_POSTRT"
@@ -78,7 +78,8 @@ def build_host(spec: AmbientSpec) -> IptablesPlan:
     """The node's probe SNAT: kubelet's (locally originated) packets to enrolled pods get the probe source."""
     e = _Emitter(spec.enable_ipv6)
     e.insert(NAT, "POSTROUTING", 1, (), j(POSTRT))
-    for fam, addr in ((4, spec.host_probe_snat), (6, spec.host_probe_snat_v6)):
+    snat: dict[Family, str] = {4: spec.host_probe_snat, 6: spec.host_probe_snat_v6}
+    for fam, addr in snat.items():
         e.append(NAT, POSTRT, (M("socket_exists", ""), M("proto", "tcp"), M("set", f"{c.PROBE_IPSET}-v{fam} dst")),
-                 j("SNAT", "--to-source", addr), family=fam)  # type: ignore[arg-type]
+                 j("SNAT", "--to-source", addr), family=fam)
     return IptablesPlan(tuple(e.ops[4]), tuple(e.ops[6]), spec.enable_ipv6)

@@ -130,4 +130,5 @@ def parse_packet(text: str) -> Packet:
             raise UsageError(f"unknown packet option {quote(key)}: expected {SYNTAX}")
     if direction == "in" and ("uid" in opts or "gid" in opts):
         raise UsageError("uid=/gid= describe a local socket: only for `out` packets")
+    # ignore: each option's value has its field's type (int for uid/gid/mark/ctmark, str otherwise), set above
     return Packet(proto, src, sport, dst, dport, direction, **opts)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from meshnet.apply.netns import Netns
     from meshnet.diagnose.explain.packet import Packet
     from meshnet.diagnose.explain.result import Explanation
+    from meshnet.plan.model import Family
     from meshnet.state.live import LiveState
 
 TABLE_PREFIX = "meshnet-trace-"
@@ -399,7 +400,7 @@ _DECISIVE = re.compile(r"\(verdict (drop|queue|stolen)\)|\b(redirect|dnat|snat|m
 
 
 def observed_hops(events: list[tuple[str, str, str, int | None, str]], positions: dict[tuple[str, str, str, int], int],
-                  backend: str, live: LiveState, family: int, notes: list[str],
+                  backend: str, live: LiveState, family: Family, notes: list[str],
                   foreign: list[str] | None = None) -> list[Hop]:
     from meshnet.apply.backends import NFTABLES
 
@@ -425,13 +426,13 @@ def observed_hops(events: list[tuple[str, str, str, int | None, str]], positions
     return out
 
 
-def _model_text(live: LiveState, backend: str, family: int, table: str, chain: str, idx: int) -> str:
+def _model_text(live: LiveState, backend: str, family: Family, table: str, chain: str, idx: int) -> str:
     from meshnet.apply.backends import NFTABLES
 
     if backend == NFTABLES:
         nft_rules = live.nft.rules(table, chain) if live.nft else []
         return nft_rules[idx - 1].body() if idx <= len(nft_rules) else ""
-    rules = live.ruleset(backend, family).rules(table, chain)  # type: ignore[arg-type]
+    rules = live.ruleset(backend, family).rules(table, chain)
     return str(rules[idx - 1]) if idx <= len(rules) else ""
 
 
