@@ -70,7 +70,7 @@ def test_status_and_doctor_see_ambient_routing_as_ambients(topology: Topology, b
 
 
 @pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
-def test_explain_and_doctor_say_ztunnel_for_an_ambient_pod(topology, backend: str) -> None:  # type: ignore[no-untyped-def]
+def test_explain_and_doctor_say_ztunnel_for_an_ambient_pod(topology: Topology, backend: str) -> None:
     """No ztunnel listens in the test pod: doctor's findings name ztunnel, never the sidecar or Envoy."""
     pod = topology.pod
     apply_ambient(pod, AmbientSpec(redirect_dns=True), backend=backend)
@@ -90,7 +90,7 @@ def test_explain_and_doctor_say_ztunnel_for_an_ambient_pod(topology, backend: st
     assert "sidecar" not in text and "Envoy" not in text and "istio-proxy" not in text, text
 
 
-def test_a_sidecar_pod_is_still_explained_as_a_sidecar(topology) -> None:  # type: ignore[no-untyped-def]
+def test_a_sidecar_pod_is_still_explained_as_a_sidecar(topology: Topology) -> None:
     from meshnet.apply.applier import apply_spec
     from meshnet.spec.flags import parse_istio_args
 

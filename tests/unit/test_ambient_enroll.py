@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -66,7 +67,7 @@ def _api(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, namespaces: dict[str, d
         assert request.get_header("Authorization") == "Bearer t0k"
         name = request.full_url.rsplit("/", 1)[1]
         if name not in namespaces:
-            raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+            raise urllib.error.HTTPError(request.full_url, 404, "Not Found", Message(), None)
         return _Resp(json.dumps({"kind": "Namespace", "metadata": {"name": name,
                                                                    "labels": namespaces[name]}}).encode())
 
