@@ -1,17 +1,12 @@
-"""Command-line options shared by `render --ambient` and `apply --ambient` -> AmbientSpec.
-
-Declared once (SPEC_OPTIONS), with pflag's bool rule like the sidecar flags (meshnet/spec/flags.py).
-"""
+"""The ambient spec's command-line options, declared once (SPEC_OPTIONS: meshnet/cli/ambient_cmds.py
+turns them into click options under pflag's bool rule, as the sidecar flags), and their values ->
+AmbientSpec."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from meshnet.ambient import spec as s
-from meshnet.errors import UsageError
 from meshnet.lite.records import dataclass
 
 
@@ -47,77 +42,7 @@ SPEC_OPTIONS: tuple[Option, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and pflag's bool rule: every `store_true` option added (here
-    or by the ambient commands) becomes `--x` or `--x=true|false`, a bool, and `--x false` is
-    refused with the same line as istio-iptables and the click commands."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._bools: dict[str, str] = {}
-        self._takes_value: set[str] = set()
-        kwargs.setdefault("allow_abbrev", False)  # pflag has no abbreviations (--ambient-h is not --ambient-host)
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        if kwargs.get("action") == "store_true":
-            long = next(a for a in args if a.startswith("--"))
-            kwargs.update(action="store", default=False, metavar="BOOL", type=_bool_of(long))
-            action = super().add_argument(*args, **kwargs)
-            self._bools.update({a: long for a in action.option_strings})
-            return action
-        action = super().add_argument(*args, **kwargs)
-        if action.nargs != 0:
-            self._takes_value.update(action.option_strings)
-        return action
-
-    # ignore: argparse's overloads also return a caller's namespace type; this parser gives a Namespace only
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
-        from meshnet.spec.flags import pflag_words
-
-        words = pflag_words(list(sys.argv[1:] if args is None else args), self._bools, self._takes_value)
-        return super().parse_args(words, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _bool_of(option: str) -> Callable[[str], bool]:
-    def convert(value: str) -> bool:
-        from meshnet.errors import SpecError
-        from meshnet.spec.values import parse_bool
-
-        try:
-            return parse_bool(option, value)
-        except SpecError as exc:
-            raise argparse.ArgumentTypeError(exc.reason) from None
-
-    return convert
-
-
-def add_spec_options(parser: argparse.ArgumentParser) -> None:
-    for opt in SPEC_OPTIONS:
-        if opt.is_bool:
-            parser.add_argument(*opt.names, action="store_true", help=opt.help)
-        elif opt.repeat:
-            parser.add_argument(*opt.names, action="append", default=[], metavar=opt.metavar, help=opt.help)
-        else:
-            parser.add_argument(*opt.names, default=None, metavar=opt.metavar, help=opt.help)
-
-
-def add_target_args(parser: argparse.ArgumentParser) -> None:
-    """--netns/--pid for the ambient commands (the sidecar ones: meshnet.cli.options.target_options)."""
-    parser.add_argument("--netns", default=None, metavar="NAME|PATH", help="network namespace name or nsfs path")
-    parser.add_argument("--pid", default=None, type=int, help="a process whose network namespace to use")
-
-
-def make_parser(prog: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog)
-    add_spec_options(parser)
-    return parser
-
-
-def spec_from_options(ns: argparse.Namespace) -> s.AmbientSpec:
+def spec_from_options(ns: Any) -> s.AmbientSpec:
     """Flags over the spec file; pod annotations last, as istio-cni applies PodLevelOverrides."""
     from meshnet.spec import values as v
 
@@ -143,5 +68,5 @@ def spec_from_options(ns: argparse.Namespace) -> s.AmbientSpec:
     if ns.annotation:
         from meshnet.spec.annotations import parse_annotation_args
 
-        spec = s.overrides_from_annotations(spec, parse_annotation_args(ns.annotation))
+        spec = s.overrides_from_annotations(spec, parse_annotation_args(list(ns.annotation)))
     return spec

@@ -83,11 +83,10 @@ def run(ns: Any) -> int:
     return 0
 
 
-def _apply_ambient(argv: list[str]) -> int:
-    from meshnet.ambient.cli import apply_ambient_cli
+def _apply_ambient() -> click.Command:
+    from meshnet.cli.ambient_cmds import apply_cmd
 
-    sys.stdout.write(apply_ambient_cli(argv))
-    return 0
+    return apply_cmd
 
 
 def _dry_run(spec: Spec, backend: str, netns: Netns) -> int:

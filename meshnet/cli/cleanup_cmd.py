@@ -14,11 +14,10 @@ from meshnet.cli.errors import guarded
 CHOICES = ("all", "iptables-legacy", "iptables-nft", "nftables", "iptc")
 
 
-def _cleanup_ambient(argv: list[str]) -> int:
-    from meshnet.ambient.cli import cleanup_ambient_cli
+def _cleanup_ambient() -> click.Command:
+    from meshnet.cli.ambient_cmds import cleanup_cmd
 
-    sys.stdout.write(cleanup_ambient_cli(argv))
-    return 0
+    return cleanup_cmd
 
 
 def run(ns: Any) -> int:

@@ -72,12 +72,10 @@ def expected_spec(ns: Any, netns: Netns) -> Spec:
     return spec_for_netns(spec, netns)
 
 
-def _diff_ambient(argv: list[str]) -> int:
-    from meshnet.ambient.cli import status_ambient_cli
+def _diff_ambient() -> click.Command:
+    from meshnet.cli.ambient_cmds import diff_cmd
 
-    text, code = status_ambient_cli(argv)
-    sys.stdout.write(text)
-    return code
+    return diff_cmd
 
 
 def run_diff(ns: Any) -> int:

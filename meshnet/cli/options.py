@@ -128,8 +128,8 @@ cni_spec = stack(
 )
 json_output = flag("--json", help="Machine-readable output (JSON).")
 def _ambient_switches() -> Callable[[F], F]:
-    """--ambient/--ambient-host as declared in meshnet/ambient/options.py (which parses the rest of
-    an ambient command line: `meshnet render --ambient --help` lists those options)."""
+    """--ambient/--ambient-host as declared in meshnet/ambient/options.py; a command line holding one
+    goes to the command's ambient variant (`meshnet render --ambient --help` lists its options)."""
     from meshnet.ambient.options import SPEC_OPTIONS
 
     declared = {opt.names[0]: opt.help for opt in SPEC_OPTIONS}
@@ -175,22 +175,21 @@ class MeshnetCommand(click.Command):
     """A click command with pflag's bool rule, one-line errors, Istio flags in their own --help
     section and, when `ambient` is set, `--ambient`/`--ambient-host` handed to the ambient CLI."""
 
-    def __init__(self, *args: Any, ambient: Callable[[list[str]], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ambient: Callable[[], click.Command] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.ambient = ambient
+        self.ambient = ambient  # the ambient variant (meshnet/cli/ambient_cmds.py), loaded when used
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if self.ambient is not None and any(a in AMBIENT_SWITCHES for a in args):
-            ctx.meta[_AMBIENT_ARGV] = list(args)  # the ambient CLI parses them (meshnet/ambient/cli.py)
+        if self.ambient is not None and any(a.split("=", 1)[0] in AMBIENT_SWITCHES for a in args):
+            ctx.meta[_AMBIENT_ARGV] = list(args)  # the ambient variant parses them, --help included
             return []
         return super().parse_args(ctx, pflag_args(self, ctx, args))
 
     def invoke(self, ctx: click.Context) -> Any:
         if _AMBIENT_ARGV in ctx.meta and self.ambient is not None:
-            from meshnet.cli.errors import guarded
-
-            argv = ctx.meta[_AMBIENT_ARGV]
-            ctx.exit(guarded(lambda: self.ambient(argv) if self.ambient else 0, prog=ctx.command_path))
+            variant = self.ambient()
+            with variant.make_context(ctx.info_name, ctx.meta[_AMBIENT_ARGV], parent=ctx.parent) as sub:
+                return variant.invoke(sub)
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -77,11 +77,10 @@ def render_text(spec: Spec, fmt: str, family: str = "all") -> str:
     return "".join(parts)
 
 
-def _render_ambient(argv: list[str]) -> int:
-    from meshnet.ambient.cli import render_ambient
+def _render_ambient() -> click.Command:
+    from meshnet.cli.ambient_cmds import render_cmd
 
-    sys.stdout.write(render_ambient(argv))
-    return 0
+    return render_cmd
 
 
 @o.command("render", ambient=_render_ambient)

@@ -2,7 +2,7 @@
 
 Precedence is default < env < alias env < flag, as in Istio's `bindCmdlineFlags`. The flags are
 declared once (FLAGS); `parse_flags` reads them pflag-style for istio-init without argparse or
-click (the start-up path), meshnet/cli/istio_options.py turns them into click options.
+click (the start-up path), meshnet/cli/options.py turns them into click options.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class FlagDef:
     """One istio-iptables flag, declared once: the pflag parser below and the click options of
-    `meshnet apply/render/status/diff/doctor` (meshnet/cli/istio_options.py) are both made from it."""
+    `meshnet apply/render/status/diff/doctor` (meshnet/cli/options.py) are both made from it."""
 
     long: str
     short: str | None
@@ -219,7 +219,7 @@ def parse_flags(argv: Sequence[str], prog: str = "istio-iptables") -> ParsedFlag
     argparse (with the gettext, locale and shutil imports it triggers) costs ~9 ms, a fifth of
     an istio-init run, click more. Accepted forms, as pflag: `--flag value`, `--flag=value`,
     `-f value`, `-fvalue`, `-f=value`; booleans `--flag`, `--flag=true|false`. `-h/--help`
-    prints the flags. The click commands read the same FLAGS (meshnet/cli/istio_options.py).
+    prints the flags. The click commands read the same FLAGS (meshnet/cli/options.py).
     """
     out = ParsedFlags()
     args = list(argv)

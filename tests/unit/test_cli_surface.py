@@ -34,10 +34,29 @@ INJECTOR = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", 
 
 
 def walk(command: click.Command, path: str = "meshnet") -> Iterator[tuple[str, click.Command]]:
+    """Every command, and the ambient variant a command hands `--ambient` command lines to."""
+    from meshnet.cli.options import MeshnetCommand
+
     yield path, command
+    if isinstance(command, MeshnetCommand) and command.ambient is not None:
+        yield f"{path} --ambient", command.ambient()
     if isinstance(command, click.Group):
         for name, sub in sorted(command.commands.items()):
             yield from walk(sub, f"{path} {name}")
+
+
+def test_the_ambient_variants_are_walked() -> None:
+    variants = sorted(path for path, _ in walk(cli) if path.endswith(" --ambient"))
+    assert variants == [f"meshnet {c} --ambient" for c in ("apply", "cleanup", "diff", "render")]
+
+
+def test_ambient_help_lists_the_ambient_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "--ambient", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: meshnet apply [OPTIONS]")
+    for option in ("--dns-proxy VALUE", "--host-probe-snat ADDR", "--reconcile[=BOOL]", "--netns NAME|PATH"):
+        assert option in out, option
+    assert "--istio-inbound-ports" not in out  # the sidecar's Istio flags are not the ambient ones
 
 
 def test_every_command_and_option_has_help() -> None:
