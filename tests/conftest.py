@@ -60,3 +60,11 @@ def quiet_host() -> Iterator[Netns]:
         pytest.skip(_NOT_ROOT)
     with Topology(ipv6=False) as t:
         yield t.peer
+
+
+@pytest.fixture(params=("nft", "legacy"))
+def variant(request: pytest.FixtureRequest) -> str:
+    """Each iptables variant in turn (modules that write foreign rules with the variant's own tools)."""
+    if not is_root():
+        pytest.skip(_NOT_ROOT)
+    return str(request.param)

@@ -28,7 +28,6 @@ from meshnet.apply.netns import Netns
 
 pytestmark = pytest.mark.netns
 
-VARIANTS = ("nft", "legacy")
 FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*",
          "-d", "15090,15021,15020", "--dual-stack"]
 _COUNTERS = re.compile(r" \[\d+:\d+\]$")
@@ -102,13 +101,6 @@ def assert_foreign_intact(ns: Netns, variant: str, before: dict[int, list[str]],
 def assert_dump_equal(ns: Netns, variant: str, before: dict[int, list[str]], step: str) -> None:
     for fam, lines in before.items():
         assert dump(ns, variant, fam) == lines, f"after {step}, IPv{fam}: the dump differs from before"
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request: pytest.FixtureRequest) -> str:
-    if not is_root():
-        pytest.skip("needs root for real network namespaces (CI runs as root)")
-    return str(request.param)
 
 
 @pytest.fixture

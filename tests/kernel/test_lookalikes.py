@@ -15,13 +15,12 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness.topology import Topology, is_root
+from harness.topology import Topology
 
 from meshnet.apply.netns import Netns
 
 pytestmark = pytest.mark.netns
 
-VARIANTS = ("nft", "legacy")
 REDIRECT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*"]
 TPROXY = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*"]
 
@@ -63,13 +62,6 @@ def rules(ns: Netns, variant: str) -> dict[int, list[str]]:
 
 def state(ns: Netns, variant: str) -> tuple[list[str], dict[int, list[str]]]:
     return routing(ns), rules(ns, variant)
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request: pytest.FixtureRequest) -> str:
-    if not is_root():
-        pytest.skip("needs root for real network namespaces (CI runs as root)")
-    return str(request.param)
 
 
 @pytest.fixture
