@@ -1,5 +1,5 @@
 # The two commands of the README. Both do all the set-up they need (apt-get packages, ./.venv).
-.PHONY: setup demo test test-vm lint bench cri-stubs images
+.PHONY: setup demo test test-unit test-kernel test-e2e test-vm lint bench cri-stubs images
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ test: setup
 	@.venv/bin/ruff check meshnet tests bench probes
 	@.venv/bin/mypy
 	@.venv/bin/python -m pytest -q tests
+
+# One kind at a time: unit needs nothing, kernel needs root and namespaces, e2e runs libcni/containerd/the wheel.
+test-unit test-kernel test-e2e: setup
+	@.venv/bin/python -m pytest -q tests/$(@:test-%=%)
 
 # The old-kernel tier: Debian 12's 6.1 kernel in qemu (../shared/tools/oldkernel-vm), where the
 # five-tuple collision really hangs; runs meshnet from this tree inside it (~1 min, ~3 min the first time).
