@@ -14,13 +14,13 @@ from typing import Any
 
 from harness import crinode_lock
 from harness.cni_helpers import build_plugin
-from harness.crinode_tool import CRINODE, node_env, seed_base
+from harness.crinode_tool import CrinodeCalls, node_env, seed_base
 from harness.topology import NS_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Node:
+class Node(CrinodeCalls):
     def __init__(self) -> None:
         token = secrets.token_hex(4)
         self.base = Path(f"/tmp/mn-crinode-{token}")
@@ -28,10 +28,6 @@ class Node:
         self.cgroup_parent = f"/crinode-pods-{token}"  # `crinode down` kills only this node's pods
         self.env = {**node_env(self.base, self.netns, self.cgroup_parent), "MESHNET_CNI_AGENT_SOCKET": "off"}
         self.token = token
-
-    def crinode(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(CRINODE), *args], capture_output=True, text=True, timeout=timeout, env=self.env,
-                              stdin=subprocess.DEVNULL)
 
     def up(self, plugin: dict[str, Any] | None = None) -> None:
         """`plugin`: the meshnet-cni conflist entry (default: iptables-nft, pod annotations)."""
@@ -61,15 +57,10 @@ class Node:
         try:
             if self.base.exists():
                 self.crinode("down")
-                with open("/proc/self/mountinfo") as f:
-                    mounted = [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{self.base}/")]
+                mounted = self.mounts_left()
                 if not mounted:
                     shutil.rmtree(self.base, ignore_errors=True)
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
         finally:
             crinode_lock.release()
 
-    @staticmethod
-    def _check(cp: subprocess.CompletedProcess[str], what: str) -> None:
-        if cp.returncode != 0:
-            raise RuntimeError(f"crinode {what} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-2000:]}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import crinode_lock
-from harness.crinode_tool import CRI_PY, CRINODE, node_env, seed_base
+from harness.crinode_tool import CRI_PY, CrinodeCalls, node_env, seed_base
 from harness.tarfiles import member
 from harness.topology import NS_PREFIX
 
@@ -81,7 +81,7 @@ class CriResult:
 
 
 @dataclass
-class CriNode:
+class CriNode(CrinodeCalls):
     """containerd + CRI in its own base and namespace, with bridge + meshnet-cni. Use as a context manager."""
 
     chain_meshnet: bool = True  # False: the bridge alone (bench/cri.py's floor)
@@ -113,10 +113,6 @@ class CriNode:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def crinode(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(CRINODE), *args], capture_output=True, text=True, timeout=timeout, env=self.env,
-                              stdin=subprocess.DEVNULL)
 
     def setup(self) -> None:
         seed_base(self.base)
@@ -171,8 +167,7 @@ class CriNode:
             down = self.crinode("down", timeout=300)
             # `down` keeps the client and images for a reuse we will not make: remove the whole base,
             # unless something is still mounted under it (then say so rather than delete through it).
-            with open("/proc/self/mountinfo") as f:
-                mounted = [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{self.base}/")]
+            mounted = self.mounts_left()
             if mounted:
                 raise RuntimeError(f"crinode down left mounts {mounted}: {down.stderr.strip()[-500:]}")
             shutil.rmtree(self.base, ignore_errors=True)
@@ -198,11 +193,6 @@ class CriNode:
                 if not root.exists():
                     break
                 time.sleep(0.2)
-
-    @staticmethod
-    def _check(cp: subprocess.CompletedProcess[str], what: str) -> None:
-        if cp.returncode != 0:
-            raise RuntimeError(f"crinode {what} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-2000:]}")
 
     # ------------------------------------------------------------------ CRI calls
     def cri_argv(self, *args: str) -> list[str]:

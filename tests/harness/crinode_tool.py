@@ -48,3 +48,25 @@ def seed_base(base: Path) -> None:
     shutil.copytree(template / "client", base / "client")
     (base / "image").mkdir()
     shutil.copy2(template / "image" / "pause.tar", base / "image" / "pause.tar")
+
+
+class CrinodeCalls:
+    """The crinode calls every test node makes with its own environment and base (cri_helpers.CriNode,
+    cri_bare_node.Node)."""
+
+    env: dict[str, str]
+    base: Path
+
+    def crinode(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(CRINODE), *args], capture_output=True, text=True, timeout=timeout, env=self.env,
+                              stdin=subprocess.DEVNULL)
+
+    @staticmethod
+    def _check(cp: subprocess.CompletedProcess[str], what: str) -> None:
+        if cp.returncode != 0:
+            raise RuntimeError(f"crinode {what} failed ({cp.returncode}): {(cp.stderr or cp.stdout).strip()[-2000:]}")
+
+    def mounts_left(self) -> list[str]:
+        """Mount points still under this node's base after `crinode down` (never delete through them)."""
+        with open("/proc/self/mountinfo") as f:
+            return [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{self.base}/")]
